@@ -1,0 +1,411 @@
+"""qwen2openai: an OpenAI-compatible HTTP API in front of the Qwen Chat website.
+
+``create_app(settings)`` builds the Flask app; routes are thin: they check the
+caller, validate the body with ``transform``, open a turn with ``qwen_client``
+and return JSON or a stream. Every failure is rendered by one handler as an
+OpenAI error object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+import transform
+from config import ConfigError, Settings, load_settings
+from errors import (
+    EmptyResponse,
+    InvalidRequest,
+    ModelNotFound,
+    ProxyError,
+    Unauthorized,
+    UpstreamAuthError,
+    UpstreamError,
+)
+from identity_pool import Identity, IdentityPool
+from qwen_client import ModelCatalog, QwenClient, new_session
+
+__version__ = "0.1.0"
+logger = logging.getLogger("qwen2openai")
+bp = Blueprint("api", __name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health"]
+_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform")
+
+
+# --------------------------------------------------------------------------- app
+
+
+@dataclasses.dataclass
+class Gateway:
+    """Everything one app instance owns: settings, accounts, the site client and the model cache."""
+
+    settings: Settings
+    pool: IdentityPool
+    client: QwenClient
+    catalog: ModelCatalog
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Create and configure an instance of the proxy."""
+    settings = settings or load_settings()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # keep OpenAI field order
+    app.json.ensure_ascii = False
+    client = QwenClient(settings)
+    pool = IdentityPool.from_settings(settings, token_fetcher=client.fetch_token)
+    catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog)
+    install_redaction(settings)
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id"], max_age=600)
+    app.register_blueprint(bp)
+    app.register_error_handler(ProxyError, render_proxy_error)
+    app.register_error_handler(HTTPException, render_http_error)
+    app.register_error_handler(Exception, render_unexpected_error)
+    if not len(pool):
+        logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
+    return app
+
+
+def gateway() -> Gateway:
+    return current_app.extensions["qwen2openai"]
+
+
+# --------------------------------------------------------------------------- secrets in logs
+
+
+class RedactingFilter(logging.Filter):
+    """Masks tokens, cookies and API keys in log records before any handler sees them."""
+
+    _PATTERNS = (
+        (re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
+        (re.compile(r"(?i)(bearer\s+)\S+"), r"\1***"),
+        (re.compile(r"(?i)(token=)[^;\s&]+"), r"\1***"),
+    )
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        for pattern, replacement in self._PATTERNS:
+            text = pattern.sub(replacement, text)
+        record.msg, record.args = text, ()
+        return True
+
+
+def install_redaction(settings: Settings) -> None:
+    secrets = [*settings.API_KEY, *settings.QWEN_TOKEN, *settings.COOKIE]
+    secrets += [v for c in settings.COOKIE for v in (p.split("=", 1)[-1] for p in c.split(";"))]
+    for name in _OUR_LOGGERS:
+        log = logging.getLogger(name)
+        for old in [f for f in log.filters if isinstance(f, RedactingFilter)]:
+            log.removeFilter(old)
+        log.addFilter(RedactingFilter(secrets))
+    logging.getLogger("urllib3").setLevel(logging.WARNING)  # it logs full URLs
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def render_proxy_error(exc: ProxyError) -> tuple[Response, int, dict[str, str]]:
+    return jsonify(exc.to_dict()), exc.status, exc.headers()
+
+
+def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
+    """Flask's own 404/405/413 in OpenAI shape instead of HTML."""
+    code = exc.code or 500
+    if code == 404:
+        message = f"Unknown route {request.method} {request.path}. Endpoints: {', '.join(ENDPOINTS)}."
+    elif code == 405:
+        allowed = ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
+        message = f"Method {request.method} is not allowed on {request.path}; use {allowed or 'another method'}."
+    elif code == 413:
+        limit = gateway().settings.MAX_REQUEST_MB
+        message = f"The request body is larger than {limit:g} MB (MAX_REQUEST_MB)."
+    else:
+        message = exc.description or exc.name
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": exc.name.lower().replace(" ", "_")}
+    return jsonify({"error": error}), code, {"x-should-retry": "false"}
+
+
+def render_unexpected_error(exc: Exception) -> tuple[Response, int]:
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    error = ProxyError("Internal error in the proxy; the server log has the details.")
+    return jsonify(error.to_dict()), 500
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def authenticate() -> Identity | None:
+    """Check the caller; in client mode, return the Qwen identity the caller brought.
+
+    Server mode: ``Authorization: Bearer <key>`` or ``x-api-key`` against
+    ``API_KEY`` (open when none is set). Client mode: ``Bearer key;token;cookie``.
+    """
+    settings = gateway().settings
+    bearer = request.headers.get("Authorization", "")
+    bearer = bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""
+    key, token, cookie = bearer, "", ""
+    if not settings.SERVER_MODE and ";" in bearer:
+        key, token, cookie = (bearer.split(";", 2) + ["", ""])[:3]
+    key = key.strip() or request.headers.get("x-api-key", "").strip()
+    if settings.API_KEY and not _key_matches(key, settings.API_KEY):
+        raise Unauthorized(
+            "Invalid API key." if key else
+            "Missing API key. Send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
+        )
+    if token.strip() or cookie.strip():
+        return Identity(token=token.strip(), cookie=cookie.strip(), pool_size=4, label="client")
+    return None
+
+
+def _key_matches(given: str, keys: Iterable[str]) -> bool:
+    given_bytes = given.encode()
+    matched = False
+    for key in keys:  # no early exit: the time taken does not depend on which key matched
+        matched |= hmac.compare_digest(given_bytes, key.encode())
+    return matched
+
+
+# --------------------------------------------------------------------------- turns
+
+
+class Turn:
+    """One upstream turn: the site's event stream, its translator, and the account to give back."""
+
+    def __init__(self, events: Iterator[dict], translator: transform.StreamTranslator, release) -> None:
+        self._events, self.translator, self._release = events, translator, release
+        self._pending: list[dict] = []
+        self._closed = False
+
+    def prime(self) -> None:
+        """Read until the first output, so failures before it still get a real HTTP status."""
+        for event in self._events:
+            self._pending = self.translator.feed(event)
+            if self._pending or self.translator.finished:
+                return
+        if not self.translator.has_output:
+            raise EmptyResponse(
+                "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
+            )
+
+    def chunks(self) -> Iterator[dict]:
+        """OpenAI chunks for the whole answer, the closing ones included."""
+        yield from self._pending
+        self._pending = []
+        if not self.translator.finished:
+            for event in self._events:
+                yield from self.translator.feed(event)
+                if self.translator.finished:
+                    break
+        yield from self.translator.finish()
+
+    def collect(self) -> dict[str, Any]:
+        for _ in self.chunks():
+            pass
+        return self.translator.completion()
+
+    def close(self, error: Exception | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._events.close()
+            self._release(error)
+
+
+def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity | None) -> Turn:
+    """Create the upstream chat, post the turn and read up to its first output."""
+    owned = identity is not None
+    identity = identity or gw.pool.acquire()
+    chat_type = "search" if (choice.search or chat.search) else "t2t"
+    model = choice.upstream.id
+    config = transform.feature_config(transform.resolve_thinking(choice, chat), chat_type == "search", chat.thinking_budget)
+
+    def release(error: Exception | None) -> None:
+        if owned:
+            identity.close()
+        else:
+            gw.pool.release(identity, error)
+
+    try:
+        chat_id = gw.client.create_chat(identity, model, chat_type)
+        payload = transform.completion_payload(
+            model=model, chat_id=chat_id, chat_type=chat_type, config=config,
+            content=transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES),
+            fid=str(uuid.uuid4()), timestamp=int(time.time()),
+        )
+        translator = transform.StreamTranslator(
+            f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage
+        )
+        turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, release)
+    except ProxyError as exc:
+        release(exc)
+        raise _for_caller(exc, owned) from None
+    try:
+        turn.prime()
+    except ProxyError as exc:
+        turn.close(exc)
+        raise _for_caller(exc, owned) from None
+    return turn
+
+
+def _for_caller(exc: ProxyError, own_credentials: bool) -> ProxyError:
+    """In client mode a refused token is the caller's own credential problem: 401, not 502."""
+    if own_credentials and isinstance(exc, UpstreamAuthError):
+        return Unauthorized(exc.message, code="upstream_unauthorized")
+    return exc
+
+
+def sse(turn: Turn) -> Iterator[bytes]:
+    """Encode a turn as SSE; a failure after the first byte becomes an error event, then ``[DONE]``."""
+    error: Exception | None = None
+    try:
+        for chunk in turn.chunks():
+            yield encode_event(chunk)
+    except ProxyError as exc:
+        error = exc
+        logger.warning("stream ended by upstream failure: %s", exc.message)
+        yield encode_event(exc.to_dict())
+    except Exception as exc:  # the boundary: nothing may escape after headers are sent
+        error = exc
+        logger.exception("stream failed")
+        yield encode_event(UpstreamError("Internal error in the proxy while streaming.").to_dict())
+    finally:
+        turn.close(error)
+    yield b"data: [DONE]\n\n"
+
+
+def encode_event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@bp.get("/")
+def index() -> Response:
+    return jsonify({
+        "name": "qwen2openai",
+        "version": __version__,
+        "description": "OpenAI-compatible API for Qwen Chat (chat.qwen.ai).",
+        "endpoints": ENDPOINTS,
+    })
+
+
+@bp.get("/health")
+def health() -> Response:
+    gw = gateway()
+    accounts = gw.pool.snapshot()
+    return jsonify({
+        "status": "ok" if accounts["total"] else "no_account",
+        "version": __version__,
+        "server_mode": gw.settings.SERVER_MODE,
+        "auth": "api_key" if gw.settings.API_KEY else "open",
+        "accounts": accounts,
+        "models": gw.catalog.snapshot(),
+    })
+
+
+@bp.get("/v1/models")
+@bp.get("/models")
+def list_models() -> Response:
+    authenticate()
+    return jsonify({"object": "list", "data": transform.openai_model_list(_models())})
+
+
+@bp.get("/v1/models/<path:model_id>")
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str) -> Response:
+    authenticate()
+    for entry in transform.openai_model_list(_models()):
+        if entry["id"].lower() == model_id.lower():
+            return jsonify(entry)
+    raise ModelNotFound(f"The model '{model_id}' does not exist; GET /v1/models lists them.", param="model")
+
+
+@bp.post("/v1/chat/completions")
+@bp.post("/chat/completions")
+def chat_completions() -> Response:
+    identity = authenticate()
+    chat = transform.parse_chat_request(_json_body())
+    gw = gateway()
+    choice = transform.resolve_model(chat.model, _models(), gw.settings.DEFAULT_MODEL)
+    turn = open_turn(gw, chat, choice, identity)
+    if chat.stream:
+        return Response(sse(turn), mimetype="text/event-stream", headers=SSE_HEADERS)
+    try:
+        return jsonify(turn.collect())
+    except ProxyError as exc:
+        turn.close(exc)
+        raise
+    finally:
+        turn.close()
+
+
+def _models() -> list[transform.ModelInfo]:
+    gw = gateway()
+    return gw.catalog.get(gw.pool.identities[0] if len(gw.pool) else None)
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``gunicorn app:app`` support without building the app at import time (PEP 562)."""
+    if name == "app":
+        configure_logging(False)
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.DEBUG_MODE)
+    application = create_app(settings)
+    logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)
+    application.run(host=settings.HOST, port=settings.PORT, threaded=True, debug=False, use_reloader=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Settings: defaults, then ``config.json``, then the environment, validated once.
+
+Every key has the same name in ``config.json`` and in the environment (``PORT``
+may also be spelled ``SERVER_PORT`` in the file, as older configs do). A bad
+value raises ``ConfigError`` with one line naming the key, so start-up stops
+with a message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BASE_DIR = Path(__file__).resolve().parent
+ACCOUNT_SEPARATOR = "|||"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated, immutable configuration of one proxy instance."""
+
+    API_KEY: tuple[str, ...] = ()
+    QWEN_TOKEN: tuple[str, ...] = ()
+    COOKIE: tuple[str, ...] = ()
+    SERVER_MODE: bool = True
+    DEBUG_MODE: bool = False
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    VISION_FALLBACK_MODEL: str = ""
+    AUTO_REFRESH_TOKEN: bool = True
+    TOKEN_REFRESH_INTERVAL_HOURS: float = 6.0
+    QWEN_BASE_URL: str = "https://chat.qwen.ai"
+    CONFIG_FILE: str = str(BASE_DIR / "config.json")
+    COOKIE_FILE: str = str(BASE_DIR / "cookie.txt")
+    #: Model that OpenAI names such as ``gpt-4o`` map to; empty = the site's first model.
+    DEFAULT_MODEL: str = ""
+    #: The site takes one message per turn; older history beyond this is dropped.
+    MAX_HISTORY_MESSAGES: int = 60
+    MAX_REQUEST_MB: float = 20.0
+    #: Browser-like header values; the site changes them, so they are settings.
+    QWEN_VERSION: str = "0.2.83"
+    QWEN_USER_AGENT: str = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
+    )
+    QWEN_BX_V: str = "2.5.36"
+    CONNECT_TIMEOUT: float = 10.0
+    #: Longest silence tolerated between two bytes of an answer (thinking can be quiet 50 s+).
+    READ_TIMEOUT: float = 180.0
+    MODELS_CACHE_TTL: float = 3600.0
+    #: Connections kept per account; sized for the streams one worker serves at once.
+    UPSTREAM_POOL_SIZE: int = 200
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.MAX_REQUEST_MB * 1024 * 1024)
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_list(separator: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
+        return tuple(dict.fromkeys(s for s in (str(i).strip() for i in items) if s))
+
+    return parse
+
+
+def _positive(kind: type) -> Callable[[Any], Any]:
+    expected = "a whole number" if kind is int else "a number"
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected {expected}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {expected}") from None
+        if number <= 0:
+            raise ValueError("must be greater than 0")
+        return number
+
+    return parse
+
+
+def _port(value: Any) -> int:
+    port = _positive(int)(value)
+    if port > 65535:
+        raise ValueError("must be a port between 1 and 65535")
+    return port
+
+
+def _base_url(value: Any) -> str:
+    url = str(value).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return url
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "API_KEY": _parse_list(","),
+    "QWEN_TOKEN": _parse_list(ACCOUNT_SEPARATOR),
+    "COOKIE": _parse_list(ACCOUNT_SEPARATOR),
+    "SERVER_MODE": _parse_bool,
+    "DEBUG_MODE": _parse_bool,
+    "AUTO_REFRESH_TOKEN": _parse_bool,
+    "PORT": _port,
+    "TOKEN_REFRESH_INTERVAL_HOURS": _positive(float),
+    "QWEN_BASE_URL": _base_url,
+    "MAX_HISTORY_MESSAGES": _positive(int),
+    "MAX_REQUEST_MB": _positive(float),
+    "CONNECT_TIMEOUT": _positive(float),
+    "READ_TIMEOUT": _positive(float),
+    "MODELS_CACHE_TTL": _positive(float),
+    "UPSTREAM_POOL_SIZE": _positive(int),
+}
+_KEYS = {f.name for f in dataclasses.fields(Settings)}
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"CONFIG_FILE {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"CONFIG_FILE {path}: must hold a JSON object")
+    if "SERVER_PORT" in data and "PORT" not in data:
+        data["PORT"] = data.pop("SERVER_PORT")
+    for key in data:
+        if key not in _KEYS and not key.startswith("_"):
+            logger.warning("config file %s: ignoring unknown key %s", path, key)
+    return {k: v for k, v in data.items() if k in _KEYS}
+
+
+def read_cookie_file(path: str) -> tuple[str, ...]:
+    """One browser cookie per line; blank lines and ``#`` comments are skipped."""
+    if not path or not os.path.exists(path):
+        return ()
+    with open(path, encoding="utf-8") as fh:
+        lines = (line.strip() for line in fh)
+        return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build validated settings from defaults, the config file, the environment and overrides.
+
+    ``overrides`` (used by tests and embedders) win over everything else.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    config_file = overrides.get("CONFIG_FILE", environ.get("CONFIG_FILE", Settings.CONFIG_FILE))
+    raw: dict[str, Any] = {"CONFIG_FILE": config_file}
+    raw.update(_read_config_file(config_file))
+    raw.update({k: v for k, v in environ.items() if k in _KEYS})
+    raw.update(overrides)
+
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _KEYS:
+            raise ConfigError(f"unknown setting {key}")
+        parse = _PARSERS.get(key, lambda v: str(v).strip())
+        try:
+            values[key] = parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}: {exc} (got {_describe(value)})") from None
+    settings = Settings(**values)
+    cookies = settings.COOKIE + read_cookie_file(settings.COOKIE_FILE)
+    return dataclasses.replace(settings, COOKIE=tuple(dict.fromkeys(cookies)))
+
+
+def _describe(value: Any) -> str:
+    """Show a bad value without echoing what may be a secret."""
+    text = str(value)
+    return repr(text) if len(text) <= 16 else f"{len(text)} characters"

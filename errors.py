@@ -1,0 +1,119 @@
+"""The one exception hierarchy of the proxy; every error a client sees starts here.
+
+Each class carries the HTTP meaning of its failure (status, OpenAI ``type`` and
+``code``) so that ``app.py`` renders all of them with a single handler, and the
+``openai`` SDK maps them to its own exception classes::
+
+    ProxyError
+    ├── InvalidRequest        400  bad JSON, fields or content the site cannot take
+    ├── ContentFiltered       400  the site's moderation refused the input or output
+    ├── Unauthorized          401  missing or wrong API key
+    ├── NotFound              404  unknown route
+    │   └── ModelNotFound     404  unknown model id
+    ├── RateLimited           429  upstream quota, throttling or risk-control challenge
+    ├── UpstreamError         502  the site answered with something we cannot use
+    │   ├── UpstreamAuthError      the account's token was refused
+    │   ├── EmptyResponse          the site accepted the turn but produced nothing
+    │   └── UpstreamBroken         the stream broke off mid-way
+    ├── ServiceUnavailable    503  no account configured, or the site is down
+    └── UpstreamTimeout       504  the site stopped sending
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    """Base class: a failure with an HTTP status and an OpenAI error body."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+    #: Whether retrying the same request elsewhere could help (drives ``x-should-retry``).
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if retryable is not None:
+            self.retryable = retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error object, as both plain responses and stream events carry it."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """Headers that tell the ``openai`` SDK whether and when to retry."""
+        headers = {"x-should-retry": "true" if self.retryable else "false"}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+        return headers
+
+
+class InvalidRequest(ProxyError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class ContentFiltered(ProxyError):
+    status, type, code = 400, "invalid_request_error", "content_policy_violation"
+
+
+class Unauthorized(ProxyError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class NotFound(ProxyError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class RateLimited(ProxyError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+    retryable = True
+
+
+class UpstreamError(ProxyError):
+    status, type, code = 502, "upstream_error", "upstream_error"
+    retryable = True
+
+
+class UpstreamAuthError(UpstreamError):
+    code = "upstream_unauthorized"
+    retryable = False
+
+
+class EmptyResponse(UpstreamError):
+    code = "upstream_empty_response"
+
+
+class UpstreamBroken(UpstreamError):
+    code = "upstream_stream_broken"
+
+
+class ServiceUnavailable(ProxyError):
+    status, type, code = 503, "server_error", "service_unavailable"
+    retryable = True
+
+
+class UpstreamTimeout(ProxyError):
+    status, type, code = 504, "timeout_error", "upstream_timeout"
+    retryable = True

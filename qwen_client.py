@@ -1,0 +1,465 @@
+"""A ``requests``-based client of the Qwen Chat site (chat.qwen.ai).
+
+It owns everything that touches the wire: the browser-like headers (§1.2), the
+two calls of a turn (``chats/new`` then ``chat/completions``), an incremental
+SSE decoder over bytes, the model list with its cache, and the one classifier
+that turns every refusal shape of the site into a typed ``errors`` exception
+(§1.3, §1.4, §6.6–§6.8). Section numbers refer to ``qwen-web-protocol.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import requests
+import urllib3
+
+from errors import (
+    ContentFiltered,
+    EmptyResponse,
+    InvalidRequest,
+    ProxyError,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamAuthError,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from transform import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
+
+if TYPE_CHECKING:
+    from config import Settings
+    from identity_pool import Identity
+
+logger = logging.getLogger(__name__)
+
+#: How much of a non-stream body we read to classify it; WAF pages are ~16 KiB.
+MAX_ERROR_BODY = 64 * 1024
+#: Risk-control challenges clear after a couple of minutes at best (§11).
+CHALLENGE_COOLDOWN = 120.0
+DONE = object()
+
+# --------------------------------------------------------------------------- SSE
+
+
+class SSEDecoder:
+    """Incremental ``text/event-stream`` decoder: bytes in, complete ``data`` payloads out.
+
+    Lines end at CR, LF or CRLF, also when a CRLF straddles two reads; UTF-8 is
+    left to the JSON parser, so a character cut between reads survives. Comment
+    lines are ignored; text that is not SSE at all (an HTML page sent as an
+    event stream) is kept in ``stray`` so the caller can say what it was.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._skip_lf = False
+        self.stray = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            self._skip_lf = buffer.endswith(b"\r")
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buffer.split(b"\n")
+        self._buffer = lines.pop()
+        events: list[bytes] = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def finish(self) -> list[bytes]:
+        """Flush at end of body: the site may close without a final blank line."""
+        events: list[bytes] = []
+        if self._buffer:
+            self._line(self._buffer, events)
+            self._buffer = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[bytes]) -> None:
+        if not line:
+            if self._data:
+                events.append(b"\n".join(self._data))
+                self._data = []
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value[:1] == b" " else value)
+        elif line[:1] != b":" and line.split(b":", 1)[0] not in (b"event", b"id", b"retry"):
+            if len(self.stray) < MAX_ERROR_BODY:
+                self.stray += line + b"\n"
+
+
+# --------------------------------------------------------------------------- classifier
+
+_WAF_MARKERS = ("aliyun_waf", "aliyuncaptcha", "captcha", "人机验证", "安全验证", "punish", "x5sec", "baxia")
+_CHALLENGE_CODES = ("FAIL_SYS_USER_VALIDATE", "RGV587")
+_RATE_CODES = {"ratelimited", "quota_limit", "quotalimited", "parallellimited"}
+
+
+def looks_like_waf(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in _WAF_MARKERS)
+
+
+def challenge_error(what: str) -> RateLimited:
+    return RateLimited(
+        f"The Qwen site challenged this account ({what}). Wait at least two minutes; if it keeps "
+        "happening, open chat.qwen.ai in a browser with this account and pass the check.",
+        code="upstream_challenge",
+        retry_after=CHALLENGE_COOLDOWN,
+    )
+
+
+def _short(text: Any, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
+    """Map a business error code of the site (§1.3, §6.6, §11) to our exception."""
+    said = f"{code}: {_short(details)}" if details else code
+    lowered = code.lower()
+    if any(c.lower() in lowered for c in _CHALLENGE_CODES):
+        return challenge_error(said)
+    if lowered == "unauthorized" or "token has expired" in details.lower():
+        return UpstreamAuthError(
+            f"The Qwen site refused the account's token ({said}). Copy a fresh cookie or token "
+            "from a logged-in browser into the configuration."
+        )
+    if lowered in _RATE_CODES:
+        hours = num if isinstance(num, (int, float)) and num > 0 else None
+        wait = f"about {hours:g} hour(s)" if hours else "a minute"
+        return RateLimited(
+            f"The Qwen site rate-limited this account ({said}). Retry after {wait}, or add accounts.",
+            code="upstream_rate_limited",
+            retry_after=hours * 3600 if hours else 60.0,
+        )
+    if lowered == "data_inspection_failed":
+        return ContentFiltered(f"Qwen's content moderation refused this conversation ({said}). Rephrase it.")
+    if lowered == "invalid_input":
+        return InvalidRequest(f"The Qwen site rejected the input ({said}).", code="upstream_invalid_input")
+    if lowered == "not_found" or "chat_not_found" in details.lower():
+        return UpstreamError(f"The Qwen site lost the chat of this turn ({said}). Retry.", code="upstream_not_found")
+    return UpstreamError(f"The Qwen site refused the request ({said}).", code="upstream_" + lowered[:40])
+
+
+def classify_payload(obj: Any, actual_status: int | None = None) -> ProxyError | None:
+    """The error an upstream JSON object stands for, or ``None`` if it is not one (§1.3, §1.4, §6.6)."""
+    if not isinstance(obj, Mapping):
+        return UpstreamError(f"The Qwen site sent an unexpected answer: {_short(obj)}")
+    ret = obj.get("ret")
+    if isinstance(ret, list) and any(c in str(r) for r in ret for c in _CHALLENGE_CODES):
+        return challenge_error("x5sec/RGV587 risk control")
+    error = obj.get("error")
+    if error:
+        if isinstance(error, Mapping):
+            return error_for_code(*_code_details(error), error.get("num"))
+        return UpstreamError(f"The Qwen site reported an error mid-answer: {_short(error)}")
+    if obj.get("success") is False:
+        data = obj.get("data") if isinstance(obj.get("data"), Mapping) else {}
+        code, details = _code_details(data) if data.get("code") else _code_details(obj)
+        if code == "unknown" and actual_status:
+            return error_for_status(actual_status, details)
+        return error_for_code(code, details, data.get("num", obj.get("num")))
+    code = obj.get("code")
+    if isinstance(code, str) and any(c in code for c in _CHALLENGE_CODES):
+        return challenge_error(code)
+    return _delta_error(obj)
+
+
+def _code_details(obj: Mapping[str, Any]) -> tuple[str, str]:
+    code = obj.get("code") or obj.get("error_code") or "unknown"
+    details = obj.get("details") or obj.get("detail") or obj.get("message") or ""
+    return str(code), str(details)
+
+
+def _delta_error(obj: Mapping[str, Any]) -> ProxyError | None:
+    """The fourth in-stream form: a delta with ``status: "error"`` and ``extra.error``."""
+    choices = obj.get("choices")
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], Mapping)):
+        return None
+    delta = choices[0].get("delta")
+    if not isinstance(delta, Mapping) or delta.get("status") != "error":
+        return None
+    extra = delta.get("extra") if isinstance(delta.get("extra"), Mapping) else {}
+    error = extra.get("error")
+    if isinstance(error, Mapping):
+        return error_for_code(*_code_details(error))
+    return UpstreamError(f"The Qwen site reported an error mid-answer: {_short(error or delta)}")
+
+
+def error_for_status(status: int, body: str = "") -> ProxyError:
+    """Map an HTTP error status of the site (with its body) to our exception (§6.7)."""
+    if looks_like_waf(body):
+        return challenge_error(f"WAF verification page, HTTP {status}")
+    said = f"HTTP {status}" + (f": {_short(body, 120)}" if body and not _is_html(body) else "")
+    if status == 401:
+        return UpstreamAuthError(f"The Qwen site refused the account's token ({said}). Update the cookie or token.")
+    if status == 429:
+        return RateLimited(f"The Qwen site is rate-limiting ({said}). Retry later.", retry_after=60.0)
+    if status == 503:
+        return ServiceUnavailable(f"The Qwen site is unavailable ({said}). Retry later.", retry_after=30.0)
+    if status == 504:
+        return UpstreamTimeout(f"The Qwen site timed out ({said}). Retry later.")
+    return UpstreamError(f"The Qwen site answered {said}.", code=f"upstream_http_{status}")
+
+
+def _is_html(text: str) -> bool:
+    head = text.lstrip()[:64].lower()
+    return head.startswith(("<!doctype", "<html")) or "<html" in head
+
+
+def _error_for_body(status: int, content_type: str, body: bytes, actual: str | None) -> ProxyError | None:
+    """Classify a complete non-stream body; ``None`` means it is a usable JSON answer."""
+    text = body.decode("utf-8", "replace")
+    actual_status = int(actual) if actual and actual.isdigit() else None
+    if status >= 400:
+        return error_for_status(status, text)
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        if looks_like_waf(text):
+            return challenge_error("WAF verification page")
+        kind = "an HTML page" if _is_html(text) else f"non-JSON text ({content_type or 'no content type'})"
+        return UpstreamError(f"The Qwen site answered with {kind} instead of an API response.")
+    return classify_payload(obj, actual_status)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def new_session(pool_size: int) -> requests.Session:
+    """One session per account: its own cookies and a connection pool sized for its streams."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # Environment proxies are honoured on purpose: users in some regions reach the site only so.
+    session.trust_env = True
+    return session
+
+
+def _js_date(now: float) -> str:
+    """The ``timezone`` header as the web app sends it: JS ``Date().toString()`` without the zone name."""
+    local = time.localtime(now)
+    offset = local.tm_gmtoff or 0
+    sign = "+" if offset >= 0 else "-"
+    hours, minutes = divmod(abs(offset) // 60, 60)
+    return time.strftime("%a %b %d %Y %H:%M:%S", local) + f" GMT{sign}{hours:02d}{minutes:02d}"
+
+
+class QwenClient:
+    """Stateless calls to the site on behalf of one ``Identity`` (which owns the session)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.QWEN_BASE_URL
+        self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
+        self.settings = settings
+
+    def headers(self, identity: Identity | None, referer: str = "/") -> dict[str, str]:
+        """The browser-equivalent header set of §1.2; the site refuses writes without it."""
+        s = self.settings
+        headers = {
+            "Accept": "application/json",
+            "Accept-Language": "en-US,en;q=0.9",
+            "Content-Type": "application/json",
+            "Origin": self.base_url,
+            "Referer": self.base_url + referer,
+            "User-Agent": s.QWEN_USER_AGENT,
+            "sec-ch-ua": '"Chromium";v="140", "Not=A?Brand";v="24", "Google Chrome";v="140"',
+            "sec-ch-ua-mobile": "?0",
+            "sec-ch-ua-platform": '"Windows"',
+            "Sec-Fetch-Dest": "empty",
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Site": "same-origin",
+            "source": "web",
+            "version": s.QWEN_VERSION,
+            "bx-v": s.QWEN_BX_V,
+            "timezone": _js_date(time.time()),
+            "x-request-id": str(uuid.uuid4()),
+            "X-Accel-Buffering": "no",
+        }
+        if identity is not None:
+            if identity.token:
+                headers["Authorization"] = f"Bearer {identity.token}"
+            headers["Cookie"] = identity.cookie_header()
+        return headers
+
+    def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
+        session = kwargs.pop("session", None) or identity.session
+        referer = kwargs.pop("referer", "/")
+        try:
+            return session.request(
+                method, self.base_url + path, headers=self.headers(identity, referer), timeout=self.timeout, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+
+    def _json(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> Any:
+        """A JSON call: any refusal shape becomes a typed exception, else the parsed body."""
+        with self._request(identity, method, path, stream=True, **kwargs) as resp:
+            body = _read_bounded(resp)
+            error = _error_for_body(
+                resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
+            )
+        if error is not None:
+            raise error
+        return json.loads(body)
+
+    def list_models(self, identity: Identity | None, session: requests.Session) -> list[ModelInfo]:
+        """``/api/v2/models/``, falling back to ``/api/models`` (§3.1)."""
+        last: Exception | None = None
+        for path in ("/api/v2/models/", "/api/models"):
+            try:
+                return parse_upstream_models(self._json(identity, "GET", path, session=session))
+            except (ProxyError, ValueError) as exc:
+                logger.info("model list from %s failed: %s", path, exc)
+                last = exc
+        raise UpstreamError(f"Could not read the model list: {last}")
+
+    def fetch_token(self, identity: Identity) -> dict[str, Any]:
+        """The session profile of a browser cookie, which carries the token (§2.3)."""
+        profile = self._json(identity, "GET", "/api/v1/auths/")
+        token = profile.get("token") or profile.get("access_token") or (profile.get("data") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthError("The Qwen site did not return a token for this cookie; copy a fresh cookie.")
+        return profile
+
+    def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
+        """``POST /api/v2/chats/new`` → the new chat id (§4)."""
+        payload = new_chat_payload(model, chat_type, int(time.time() * 1000))
+        answer = self._json(identity, "POST", "/api/v2/chats/new", json=payload, referer="/c/new-chat")
+        data = answer.get("data") if isinstance(answer.get("data"), Mapping) else answer
+        chat_id = data.get("id") or data.get("chat_id") or (data.get("chat") or {}).get("id")
+        if not isinstance(chat_id, str) or not chat_id:
+            raise UpstreamError("The Qwen site created a chat but returned no id.")
+        return chat_id
+
+    def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> Iterator[dict]:
+        """Post one turn and yield the site's stream events; raise on any error form (§6).
+
+        The upstream response is closed when the generator is closed, so a
+        client that hangs up releases the upstream connection at once.
+        """
+        resp = self._request(
+            identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
+            json=payload, stream=True, referer=f"/c/{chat_id}",
+        )
+        try:
+            content_type = resp.headers.get("Content-Type", "")
+            if resp.status_code >= 400 or "text/event-stream" not in content_type:
+                body = _read_bounded(resp)
+                error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
+                raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
+            yield from _events(resp)
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+        finally:
+            resp.close()
+
+
+def _events(resp: requests.Response) -> Iterator[dict]:
+    decoder, seen = SSEDecoder(), 0
+    # chunk_size=None: yield each HTTP chunk as it arrives instead of waiting to fill a buffer.
+    for chunk in resp.iter_content(chunk_size=None):
+        for data in decoder.feed(chunk):
+            event = _decode_event(data)
+            if event is DONE:
+                return
+            seen += 1
+            yield event
+    for data in decoder.finish():
+        event = _decode_event(data)
+        if event is DONE:
+            return
+        seen += 1
+        yield event
+    if not seen and decoder.stray:
+        raise _error_for_body(200, "text/event-stream", decoder.stray, None) or EmptyResponse(
+            "The Qwen site sent a stream without events."
+        )
+
+
+def _decode_event(data: bytes) -> Any:
+    if data.strip() == b"[DONE]":
+        return DONE
+    try:
+        event = json.loads(data)
+    except ValueError:
+        text = data.decode("utf-8", "replace")
+        if looks_like_waf(text):
+            raise challenge_error("WAF verification page inside the stream") from None
+        raise UpstreamError(f"The Qwen site sent an unreadable event: {_short(text, 80)}") from None
+    error = classify_payload(event)
+    if error is not None:
+        raise error
+    return event
+
+
+def _read_bounded(resp: requests.Response) -> bytes:
+    body = b""
+    for chunk in resp.iter_content(chunk_size=16384):
+        body += chunk
+        if len(body) >= MAX_ERROR_BODY:
+            break
+    return body
+
+
+def transport_error(exc: requests.RequestException) -> ProxyError:
+    """Map a ``requests`` failure to what the client should be told."""
+    reason = exc.args[0] if exc.args else None
+    if isinstance(exc, requests.ConnectTimeout):
+        return ServiceUnavailable("Could not connect to the Qwen site in time. Check QWEN_BASE_URL and the network.")
+    if isinstance(exc, requests.ReadTimeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+        return UpstreamTimeout("The Qwen site stopped sending (read timeout). Retry; long thinking may need a larger READ_TIMEOUT.")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return UpstreamBroken("The Qwen site broke off the answer mid-stream. Retry.")
+    if isinstance(exc, requests.ConnectionError):
+        return ServiceUnavailable("Could not reach the Qwen site. Check QWEN_BASE_URL and the network.", retry_after=10.0)
+    return UpstreamError(f"Request to the Qwen site failed ({type(exc).__name__}).")
+
+
+class ModelCatalog:
+    """The site's model list, cached with a TTL; the built-in list only when the site is unreachable."""
+
+    #: After a failed fetch, wait this long before asking the site again.
+    RETRY_AFTER_FAILURE = 60.0
+
+    def __init__(self, client: QwenClient, ttl: float, session: requests.Session) -> None:
+        self.client, self.ttl, self.session = client, ttl, session
+        self._models: list[ModelInfo] = []
+        self._source = "not loaded"
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, identity: Identity | None = None) -> list[ModelInfo]:
+        with self._lock:
+            if time.monotonic() >= self._expires:
+                self._refresh(identity)
+            return self._models
+
+    def _refresh(self, identity: Identity | None) -> None:
+        try:
+            self._models = self.client.list_models(identity, self.session)
+            self._source, self._expires = "upstream", time.monotonic() + self.ttl
+        except ProxyError as exc:
+            logger.warning("cannot load the model list (%s); %s", exc.message,
+                           "keeping the previous one" if self._models else "using the built-in list")
+            if not self._models or self._source == "builtin":
+                self._models, self._source = list(BUILTIN_MODELS), "builtin"
+            self._expires = time.monotonic() + self.RETRY_AFTER_FAILURE
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"source": self._source, "count": len(self._models)}

@@ -1,0 +1,615 @@
+"""Pure translation between the OpenAI chat API and the Qwen web protocol.
+
+No I/O, no clock and no randomness here: ids and timestamps are passed in, so
+every function can be tested as a table of inputs and outputs. The Qwen shapes
+follow ``qwen-web-protocol.md`` (sections cited at each function).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from errors import InvalidRequest, ModelNotFound
+
+# --------------------------------------------------------------------------- models
+
+THINKING_SUFFIX, FAST_SUFFIX, SEARCH_SUFFIX = "-thinking", "-fast", "-search"
+#: OpenAI model names that clients send by default; they map to the default model.
+OPENAI_ALIASES = frozenset({
+    "gpt-3.5-turbo", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini",
+    "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini", "o3-mini", "o4-mini",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the proxy needs to know of one upstream model (§3.2)."""
+
+    id: str
+    name: str = ""
+    created: int = 0
+    thinking: bool = False
+    search: bool = False
+    vision: bool = False
+
+
+#: Served by ``/v1/models`` only when the site's list cannot be fetched.
+BUILTIN_MODELS: tuple[ModelInfo, ...] = (
+    ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.7-max", "Qwen3.7-Max", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.6-plus", "Qwen3.6-Plus", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.5-plus", "Qwen3.5-Plus", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.5-omni-plus", "Qwen3.5-Omni-Plus", vision=True),
+)
+
+
+def parse_upstream_models(payload: Any) -> list[ModelInfo]:
+    """Read either model-list envelope: ``{"data": [...]}`` or ``{"data": {"data": [...]}}`` (§3.1)."""
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    if isinstance(data, Mapping):
+        data = data.get("data")
+    if not isinstance(data, list):
+        raise ValueError("model list has no data array")
+    models = []
+    for item in data:
+        if isinstance(item, Mapping) and isinstance(item.get("id"), str) and item["id"]:
+            models.append(_model_info(item))
+    if not models:
+        raise ValueError("model list is empty")
+    return models
+
+
+def _model_info(item: Mapping[str, Any]) -> ModelInfo:
+    info = item.get("info") if isinstance(item.get("info"), Mapping) else {}
+    meta = info.get("meta") if isinstance(info.get("meta"), Mapping) else {}
+    caps = meta.get("capabilities") if isinstance(meta.get("capabilities"), Mapping) else {}
+    abilities = meta.get("abilities") if isinstance(meta.get("abilities"), Mapping) else {}
+    chat_types = meta.get("chat_type") if isinstance(meta.get("chat_type"), list) else []
+    created = info.get("created_at") or item.get("created") or 0
+
+    def able(name: str) -> bool:
+        # abilities are integers (1, 2, 3 seen), capabilities booleans.
+        return bool(abilities.get(name)) or caps.get(name) is True
+
+    return ModelInfo(
+        id=item["id"],
+        name=str(item.get("name") or info.get("name") or item["id"]),
+        created=int(created) if isinstance(created, (int, float)) else 0,
+        thinking=able("thinking"),
+        search="search" in chat_types or caps.get("search") is True,
+        vision=able("vision"),
+    )
+
+
+def model_variants(model: ModelInfo) -> list[str]:
+    """The ids this proxy exposes for one upstream model (§3.3)."""
+    ids = [model.id]
+    modes = [THINKING_SUFFIX, FAST_SUFFIX] if model.thinking else []
+    ids += [model.id + m for m in modes]
+    if model.search:
+        ids += [model.id + SEARCH_SUFFIX] + [model.id + m + SEARCH_SUFFIX for m in modes]
+    return ids
+
+
+def openai_model_list(models: Iterable[ModelInfo]) -> list[dict[str, Any]]:
+    """``/v1/models`` entries, variants included."""
+    return [
+        {"id": vid, "object": "model", "created": m.created, "owned_by": "qwen"}
+        for m in models
+        for vid in model_variants(m)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """A requested model id resolved to an upstream model and its modes."""
+
+    upstream: ModelInfo
+    thinking: bool | None = None  # None: the site's Auto gear
+    search: bool = False
+
+
+def resolve_model(requested: str, models: Sequence[ModelInfo], default_model: str = "") -> ModelChoice:
+    """Map a client's model id (with suffixes or an OpenAI alias) to an upstream model."""
+    by_id = {m.id.lower(): m for m in models}
+    name = requested.strip().lower()
+    if name in OPENAI_ALIASES or name == "":
+        name = (default_model or models[0].id).lower()
+        if name not in by_id:
+            raise ModelNotFound(f"The default model '{default_model}' is not offered by the site.", param="model")
+    if name in by_id:
+        return ModelChoice(by_id[name])
+    base, search, modes = name, False, []
+    if base.endswith(SEARCH_SUFFIX):
+        base, search = base[: -len(SEARCH_SUFFIX)], True
+    for suffix in (THINKING_SUFFIX, FAST_SUFFIX):
+        if base.endswith(suffix):
+            base, modes = base[: -len(suffix)], [suffix]
+            break
+    model = by_id.get(base)
+    if model is None or requested.strip().lower() not in {v.lower() for v in model_variants(model)}:
+        raise _model_not_found(requested, models)
+    thinking = {THINKING_SUFFIX: True, FAST_SUFFIX: False}.get(modes[0]) if modes else None
+    return ModelChoice(model, thinking=thinking, search=search)
+
+
+def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFound:
+    examples = ", ".join(v for m in models[:3] for v in model_variants(m)[:2])
+    return ModelNotFound(
+        f"The model '{requested}' does not exist. Try one of: {examples} "
+        "(GET /v1/models lists them all).",
+        param="model",
+    )
+
+
+# --------------------------------------------------------------------------- requests
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_THINK_TAG = re.compile(r"\s*/(think|no_think)\s*$")
+_EFFORT_OFF = frozenset({"none", "minimal"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    """A validated ``/v1/chat/completions`` body, reduced to what the site can use."""
+
+    model: str
+    messages: tuple[tuple[str, str], ...]  # (role, text)
+    stream: bool = False
+    include_usage: bool = False
+    thinking: bool | None = None  # explicit request; None = not asked
+    thinking_budget: int | None = None
+    search: bool = False
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate an OpenAI chat body; raise ``InvalidRequest`` naming the bad field."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required and must be a string.", param="model")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    messages = tuple(_parse_message(i, m) for i, m in enumerate(raw_messages))
+    if not any(role == "user" for role, _ in messages):
+        raise InvalidRequest("'messages' must contain at least one user message.", param="messages")
+    stream = _optional(body, "stream", bool, False)
+    options = _optional(body, "stream_options", Mapping, None) or {}
+    n = _optional(body, "n", int, 1)
+    if n != 1:
+        raise InvalidRequest("Only n=1 is supported: the site returns one answer per turn.", param="n")
+    messages, tag = _strip_think_tags(messages)
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        stream=stream,
+        include_usage=bool(stream and options.get("include_usage")),
+        thinking=tag if tag is not None else _thinking_flag(body),
+        thinking_budget=_thinking_budget(body),
+        search=_wants_search(body),
+    )
+
+
+def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidRequest(f"'{key}' has the wrong type.", param=key)
+    return value
+
+
+def _parse_message(index: int, message: Any) -> tuple[str, str]:
+    param = f"messages[{index}]"
+    if not isinstance(message, Mapping):
+        raise InvalidRequest(f"{param} must be an object.", param=param)
+    role = message.get("role")
+    if role not in _ROLES:
+        raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
+    text = _content_text(message.get("content"), f"{param}.content")
+    if role == "assistant" and message.get("tool_calls"):
+        text = "\n".join(filter(None, [text, _describe_tool_calls(message["tool_calls"])]))
+    if role in {"tool", "function"}:
+        ref = message.get("tool_call_id") or message.get("name") or ""
+        text = f"[tool result{' ' + str(ref) if ref else ''}]\n{text}"
+    return ("system" if role == "developer" else role, text)
+
+
+def _content_text(content: Any, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{param} must be a string or an array of content parts.", param=param)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind is None:
+            raise InvalidRequest(f"{param}[{j}] must be an object with a 'type'.", param=f"{param}[{j}]")
+        else:
+            raise InvalidRequest(
+                f"{param}[{j}]: '{kind}' content parts are not supported yet; send text parts only.",
+                param=f"{param}[{j}]",
+                code="unsupported_content",
+            )
+    return "\n".join(texts)
+
+
+def _describe_tool_calls(calls: Any) -> str:
+    lines = []
+    for call in calls if isinstance(calls, list) else []:
+        fn = call.get("function", {}) if isinstance(call, Mapping) else {}
+        lines.append(f"[called tool {fn.get('name', '?')} with {fn.get('arguments', '{}')}]")
+    return "\n".join(lines)
+
+
+def _strip_think_tags(messages: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], bool | None]:
+    """Remove Cherry Studio's trailing ``/think`` / ``/no_think``; the last user message's tag wins."""
+    result, flag = [], None
+    for role, text in messages:
+        if role == "user":
+            match = _THINK_TAG.search(text)
+            if match:
+                text, flag = text[: match.start()], match.group(1) == "think"
+            elif flag is not None:
+                flag = None  # a later user turn without a tag: no explicit request
+        result.append((role, text))
+    return tuple(result), flag
+
+
+def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
+    for key in ("enable_thinking", "thinking"):
+        value = body.get(key)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, Mapping) and value.get("type") in {"enabled", "disabled"}:
+            return value["type"] == "enabled"
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str):
+        return effort.lower() not in _EFFORT_OFF
+    budget = _thinking_budget(body)
+    if budget is not None:
+        return budget > 0
+    return None
+
+
+def _thinking_budget(body: Mapping[str, Any]) -> int | None:
+    value = body.get("thinking_budget")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidRequest("'thinking_budget' must be a non-negative integer.", param="thinking_budget")
+    return value
+
+
+def _wants_search(body: Mapping[str, Any]) -> bool:
+    if body.get("web_search_options") is not None or body.get("enable_search") is True:
+        return True
+    tools = body.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(t, Mapping) and t.get("type") in {"web_search", "web_search_preview"} for t in tools
+    )
+
+
+def flatten_messages(messages: Sequence[tuple[str, str]], max_messages: int) -> str:
+    """Fold system prompt and history into the one user message the site accepts (§5.3).
+
+    A lone user message goes as it is. Otherwise every message is wrapped in a
+    tag named after its role, so the model can tell turns apart; system text is
+    always kept and only the newest ``max_messages`` other messages are.
+    """
+    system = [text for role, text in messages if role == "system" and text]
+    turns = [(role, text) for role, text in messages if role != "system"][-max_messages:]
+    if not system and len(turns) == 1 and turns[0][0] == "user":
+        return turns[0][1]
+    parts = [f"<system>\n{text}\n</system>" for text in system]
+    parts += [f"<{role}>\n{text}\n</{role}>" for role, text in turns]
+    return "\n".join(parts)
+
+
+def feature_config(thinking: bool | None, search: bool, budget: int | None = None) -> dict[str, Any]:
+    """The message's ``feature_config`` for one of the web UI's three thinking gears (§5.2)."""
+    config: dict[str, Any] = {"output_schema": "phase", "research_mode": "normal", "auto_search": search}
+    if thinking is False:
+        config.update(thinking_enabled=False, auto_thinking=False, thinking_mode="Fast")
+    else:
+        config.update(
+            thinking_enabled=True,
+            auto_thinking=thinking is None,
+            thinking_mode="Auto" if thinking is None else "Thinking",
+            thinking_format="summary",
+        )
+        if budget:
+            config["thinking_budget"] = budget
+    return config
+
+
+def resolve_thinking(choice: ModelChoice, request: ChatRequest) -> bool | None:
+    """An explicit request wins over the model suffix; models that cannot think never do."""
+    if not choice.upstream.thinking:
+        return False
+    return request.thinking if request.thinking is not None else choice.thinking
+
+
+def new_chat_payload(model: str, chat_type: str, timestamp_ms: int) -> dict[str, Any]:
+    """Body of ``POST /api/v2/chats/new`` (§4)."""
+    return {
+        "chatId": "", "title": "New Chat", "models": [model], "chat_mode": "normal",
+        "chat_type": chat_type, "timestamp": timestamp_ms, "project_id": "",
+    }
+
+
+def completion_payload(
+    *,
+    model: str,
+    chat_id: str,
+    content: str,
+    chat_type: str,
+    config: Mapping[str, Any],
+    fid: str,
+    timestamp: int,
+    parent_id: str | None = None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v2/chat/completions``: exactly one user message (§5.1)."""
+    message = {
+        "id": None, "fid": fid, "parentId": parent_id, "parent_id": parent_id, "childrenIds": [],
+        "role": "user", "content": content, "user_action": "chat", "files": [],
+        "timestamp": timestamp, "models": [model], "model": "",
+        "chat_type": chat_type, "sub_chat_type": chat_type, "extra": {"meta": {"subChatType": chat_type}},
+        "feature_config": dict(config),
+    }
+    return {
+        "stream": True, "version": "2.1", "incremental_output": True,
+        "chat_id": chat_id, "chatId": chat_id, "parent_id": parent_id, "parentId": parent_id or "",
+        "chat_mode": "normal", "model": model, "messages": [message], "timestamp": timestamp,
+    }
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class TextAccumulator:
+    """Turns answer deltas into increments whether the site sent increments or snapshots (§6.4).
+
+    The site is measured to send increments, but a source reports cumulative
+    snapshots, so the mode is decided from the stream itself, once: a delta
+    that does not strictly extend the text so far proves increments. A delta
+    that does extend it proves snapshots only when the text so far is long
+    enough not to be a coincidence; while it is short ("1" then "1."), that
+    delta is held until the next one decides, so no text is ever dropped or
+    doubled by a guess.
+    """
+
+    #: Text so far at least this long, strictly extended by the next delta, means snapshots.
+    SURE_PREFIX = 8
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._mode: str | None = None  # "incremental" | "cumulative" once decided
+        self._held: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._held is not None
+
+    def feed(self, chunk: str) -> str:
+        """The new text in ``chunk`` (may be empty while a delta is held)."""
+        if not chunk:
+            return ""
+        if self._mode == "incremental" or (self._mode is None and not self.text):
+            return self._emit(chunk)
+        if self._mode == "cumulative":
+            if chunk.startswith(self.text):
+                return self._emit(chunk[len(self.text):])
+            if self.text.startswith(chunk):
+                return ""  # a repeated, shorter snapshot
+            self._mode = "incremental"
+            return self._emit(chunk)
+        return self._decide(chunk)
+
+    def _decide(self, chunk: str) -> str:
+        held, self._held = self._held, None
+        if held is not None:
+            if len(chunk) > len(held) and chunk.startswith(held):
+                self._mode = "cumulative"
+                return self._emit(chunk[len(self.text):])
+            self._mode = "incremental"
+            return self._emit(held + chunk)
+        if len(chunk) > len(self.text) and chunk.startswith(self.text):
+            if len(self.text) >= self.SURE_PREFIX:
+                self._mode = "cumulative"
+                return self._emit(chunk[len(self.text):])
+            self._held = chunk
+            return ""
+        self._mode = "incremental"
+        return self._emit(chunk)
+
+    def flush(self) -> str:
+        """End of the phase: a delta still in doubt is taken as an increment, the measured mode."""
+        held, self._held = self._held, None
+        return self._emit(held) if held else ""
+
+    def _emit(self, piece: str) -> str:
+        self.text += piece
+        return piece
+
+
+class SnapshotDiffer:
+    """Increments from cumulative snapshots, as ``thinking_summary`` arrays arrive (§6.3)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def feed(self, snapshot: str) -> str:
+        if snapshot.startswith(self.text):
+            piece = snapshot[len(self.text):]
+        else:
+            common = len(_common_prefix(self.text, snapshot))
+            piece = snapshot[common:] if len(snapshot) > len(self.text) else ""
+        if piece:
+            self.text += piece
+        return piece
+
+
+def _common_prefix(a: str, b: str) -> str:
+    i = 0
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return a[:i]
+    return a[: min(len(a), len(b))]
+
+
+def openai_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """OpenAI usage from the site's cumulative usage object (either naming scheme, §6.3)."""
+    usage = usage or {}
+    prompt = int(usage.get("input_tokens", usage.get("prompt_tokens", 0)) or 0)
+    completion = int(usage.get("output_tokens", usage.get("completion_tokens", 0)) or 0)
+    out_details = usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+        "prompt_tokens_details": {"cached_tokens": int(cached or 0)},
+        "completion_tokens_details": {"reasoning_tokens": int(out_details.get("reasoning_tokens", 0) or 0)},
+    }
+
+
+_CITATION = re.compile(r"\[\[(\d+)\]\]")
+
+
+def url_citations(content: str, sources: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``url_citation`` annotations for the ``[[n]]`` markers the site puts in answers.
+
+    Sources the text never cites are listed with an empty span, so a client can
+    still show where the answer came from.
+    """
+    annotations, cited = [], set()
+    for match in _CITATION.finditer(content):
+        n = int(match.group(1))
+        if 1 <= n <= len(sources):
+            cited.add(n)
+            annotations.append(_citation(sources[n - 1], match.start(), match.end()))
+    annotations += [_citation(s, 0, 0) for n, s in enumerate(sources, 1) if n not in cited]
+    return annotations
+
+
+def _citation(source: Mapping[str, Any], start: int, end: int) -> dict[str, Any]:
+    return {
+        "type": "url_citation",
+        "url_citation": {
+            "url": source.get("url", ""), "title": source.get("title") or source.get("hostname") or "",
+            "start_index": start, "end_index": end,
+        },
+    }
+
+
+class StreamTranslator:
+    """Turns the site's stream events into OpenAI ``chat.completion.chunk`` objects (§6).
+
+    Feed it decoded events in order; it keeps the whole answer, thinking, usage
+    and sources, so a non-stream answer is the same translator's ``completion()``.
+    Error events are the client's business (``qwen_client`` raises on them).
+    """
+
+    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool = False) -> None:
+        self.id, self.model, self.created, self.include_usage = completion_id, model, created, include_usage
+        self.answer = TextAccumulator()
+        self.reasoning = TextAccumulator()
+        self.summary = SnapshotDiffer()
+        self.usage: Mapping[str, Any] | None = None
+        self.sources: dict[str, Mapping[str, Any]] = {}
+        self.response_id: str | None = None
+        self.finished = False
+        self._sent_role = False
+
+    @property
+    def has_output(self) -> bool:
+        texts = (self.answer.text, self.reasoning.text, self.summary.text)
+        return any(texts) or self.answer.pending or self.reasoning.pending
+
+    @property
+    def reasoning_text(self) -> str:
+        return self.reasoning.text + self.summary.text
+
+    def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Chunks to send for one upstream event (often none)."""
+        created = event.get("response.created")
+        if isinstance(created, Mapping):
+            self.response_id = created.get("response_id") or self.response_id
+            return []
+        if isinstance(event.get("usage"), Mapping) and event["usage"]:
+            self.usage = event["usage"]
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            return []
+        delta = choices[0].get("delta")
+        return self._on_delta(delta) if isinstance(delta, Mapping) else []
+
+    def _on_delta(self, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        phase, content = delta.get("phase"), delta.get("content")
+        extra = delta.get("extra") if isinstance(delta.get("extra"), Mapping) else {}
+        for source in extra.get("web_search_info") or []:
+            if isinstance(source, Mapping) and source.get("url"):
+                self.sources.setdefault(source["url"], source)
+        text = content if isinstance(content, str) else ""
+        out: dict[str, str] = {}
+        if phase in (None, "answer"):
+            if self.reasoning.pending:
+                out["reasoning_content"] = self.reasoning.flush()
+            out["content"] = self.answer.feed(text)
+            self.finished = self.finished or (phase == "answer" and delta.get("status") == "finished")
+        elif phase == "think":
+            out["reasoning_content"] = self.reasoning.feed(text)
+        elif phase == "thinking_summary":
+            thoughts = (extra.get("summary_thought") or {}).get("content")
+            if isinstance(thoughts, list):
+                out["reasoning_content"] = self.summary.feed("\n\n".join(str(t) for t in thoughts))
+        return [self._chunk(out)] if any(out.values()) else []
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        if not self._sent_role:
+            delta = {"role": "assistant", **delta}
+            self._sent_role = True
+        return {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    def annotations(self) -> list[dict[str, Any]]:
+        return url_citations(self.answer.text, list(self.sources.values()))
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The closing chunks: ``finish_reason``, then usage if the client asked for it."""
+        held = {"reasoning_content": self.reasoning.flush(), "content": self.answer.flush()}
+        chunks = [self._chunk({k: v for k, v in held.items() if v})] if any(held.values()) else []
+        delta: dict[str, Any] = {}
+        if self.sources:
+            delta["annotations"] = self.annotations()
+        chunks.append(self._chunk(delta, finish_reason="stop"))
+        if self.include_usage:
+            chunks.append({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": openai_usage(self.usage),
+            })
+        return chunks
+
+    def completion(self) -> dict[str, Any]:
+        """The whole answer as one ``chat.completion`` (non-stream requests, after ``finish``)."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.answer.text}
+        if self.reasoning_text:
+            message["reasoning_content"] = self.reasoning_text
+        if self.sources:
+            message["annotations"] = self.annotations()
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+            "usage": openai_usage(self.usage),
+        }
