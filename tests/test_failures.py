@@ -150,6 +150,7 @@ def test_stall_mid_stream_ends_with_error_event(make_proxy, fake):
 
 def test_client_hang_up_closes_the_upstream_stream(proxy, fake):
     # The upstream would stream for 30 s; only a propagated hang-up ends it within the wait.
+    assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
     fake.configure(answer="x" * 3000, chunk_chars=1, chunk_delay=0.01)
     resp = _raw_stream(proxy)
     chunks = resp.iter_content(chunk_size=None)
@@ -164,3 +165,15 @@ def test_unreachable_site(make_proxy, fake):
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="qwen3.7-plus", messages=MESSAGES)
     assert info.value.status_code == 503 and "QWEN_BASE_URL" in info.value.message
+
+
+def test_thinking_without_an_answer_is_not_a_silent_empty_reply(client, fake):
+    fake.configure(answer="", thinking=["I thought about it."])
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="qwen3.7-plus-thinking", messages=MESSAGES)
+    assert info.value.code == "upstream_empty_response"
+    received = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in client.chat.completions.create(model="qwen3.7-plus-thinking", messages=MESSAGES, stream=True):
+            received.append(chunk)
+    assert received and "without an answer" in info.value.message

@@ -496,7 +496,9 @@ def test_open_streams_drop_after_client_closes(fake: FakeQwen, base: str) -> Non
     fake.configure(chunk_delay=0.02, answer="z" * 2000, chunk_chars=4)
     chat_id = new_chat(base)
     resp = post_turn(base, chat_id, turn_body(chat_id))
-    next(resp.iter_content(None))
+    # Keep the iterator: a discarded one is collected at once and urllib3 then closes the connection.
+    chunks = resp.iter_content(None)
+    next(chunks)
     assert fake.open_streams == 1
     resp.close()
     assert fake.wait_streams_closed(TIMEOUT)
