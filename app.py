@@ -192,10 +192,11 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 class Turn:
     """One upstream turn: the site's event stream, its translator, and the account to give back."""
 
-    def __init__(self, events: Iterator[dict], translator: transform.StreamTranslator, release) -> None:
-        self._events, self.translator, self._release = events, translator, release
+    def __init__(self, events: Iterator[dict], translator: transform.StreamTranslator, release, label: str) -> None:
+        self._events, self.translator, self._release, self.label = events, translator, release, label
         self._pending: list[dict] = []
         self._closed = False
+        self._started = time.monotonic()
 
     def prime(self) -> None:
         """Read until the first output, so failures before it still get a real HTTP status."""
@@ -217,6 +218,8 @@ class Turn:
                 yield from self.translator.feed(event)
                 if self.translator.finished:
                     break
+        if not (self.translator.answer.text or self.translator.answer.pending):
+            raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
         yield from self.translator.finish()
 
     def collect(self) -> dict[str, Any]:
@@ -229,6 +232,8 @@ class Turn:
             self._closed = True
             self._events.close()
             self._release(error)
+            outcome = type(error).__name__ if error else "ok"
+            logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
 
 
 def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity | None) -> Turn:
@@ -253,9 +258,10 @@ def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelC
             fid=str(uuid.uuid4()), timestamp=int(time.time()),
         )
         translator = transform.StreamTranslator(
-            f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage
+            f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage, chat.max_tokens
         )
-        turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, release)
+        label = f"{identity.label} {model} chat={chat_id}"
+        turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, release, label)
     except ProxyError as exc:
         release(exc)
         raise _for_caller(exc, owned) from None
@@ -326,9 +332,12 @@ def health() -> Response:
 
 @bp.get("/v1/models")
 @bp.get("/models")
-def list_models() -> Response:
+def list_models() -> tuple[Response, int, dict[str, str]]:
     authenticate()
-    return jsonify({"object": "list", "data": transform.openai_model_list(_models())})
+    models = _models()
+    # Say where the list came from: the site, or the built-in list when the site is unreachable.
+    headers = {"X-Models-Source": gateway().catalog.source}
+    return jsonify({"object": "list", "data": transform.openai_model_list(models)}), 200, headers
 
 
 @bp.get("/v1/models/<path:model_id>")
@@ -388,8 +397,13 @@ def configure_logging(debug: bool) -> None:
 def __getattr__(name: str) -> Any:
     """``gunicorn app:app`` support without building the app at import time (PEP 562)."""
     if name == "app":
-        configure_logging(False)
-        globals()["app"] = create_app()
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        configure_logging(settings.DEBUG_MODE)
+        globals()["app"] = create_app(settings)
         return globals()["app"]
     raise AttributeError(name)
 

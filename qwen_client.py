@@ -461,5 +461,9 @@ class ModelCatalog:
                 self._models, self._source = list(BUILTIN_MODELS), "builtin"
             self._expires = time.monotonic() + self.RETRY_AFTER_FAILURE
 
+    @property
+    def source(self) -> str:
+        return self._source
+
     def snapshot(self) -> dict[str, Any]:
         return {"source": self._source, "count": len(self._models)}

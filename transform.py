@@ -164,6 +164,7 @@ class ChatRequest:
     thinking: bool | None = None  # explicit request; None = not asked
     thinking_budget: int | None = None
     search: bool = False
+    max_tokens: int | None = None
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -184,6 +185,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     n = _optional(body, "n", int, 1)
     if n != 1:
         raise InvalidRequest("Only n=1 is supported: the site returns one answer per turn.", param="n")
+    _check_response_format(body.get("response_format"))
     messages, tag = _strip_think_tags(messages)
     return ChatRequest(
         model=model,
@@ -193,7 +195,19 @@ def parse_chat_request(body: Any) -> ChatRequest:
         thinking=tag if tag is not None else _thinking_flag(body),
         thinking_budget=_thinking_budget(body),
         search=_wants_search(body),
+        max_tokens=_max_tokens(body),
     )
+
+
+def _check_response_format(fmt: Any) -> None:
+    """JSON-schema output is not emulated yet: say so in the words LangChain looks for."""
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        raise InvalidRequest(
+            "'response_format' of type 'json_schema' is not supported with this model yet; "
+            "ask for JSON in the prompt or use {\"type\": \"json_object\"}.",
+            param="response_format",
+            code="unsupported_response_format",
+        )
 
 
 def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -277,6 +291,16 @@ def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
     budget = _thinking_budget(body)
     if budget is not None:
         return budget > 0
+    return None
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = _optional(body, key, int, None)
+        if value is not None:
+            if value < 1:
+                raise InvalidRequest(f"'{key}' must be at least 1.", param=key)
+            return value
     return None
 
 
@@ -519,8 +543,12 @@ class StreamTranslator:
     Error events are the client's business (``qwen_client`` raises on them).
     """
 
-    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool = False) -> None:
+    def __init__(
+        self, completion_id: str, model: str, created: int, include_usage: bool = False, max_tokens: int | None = None
+    ) -> None:
         self.id, self.model, self.created, self.include_usage = completion_id, model, created, include_usage
+        self.max_tokens = max_tokens
+        self.truncated = False
         self.answer = TextAccumulator()
         self.reasoning = TextAccumulator()
         self.summary = SnapshotDiffer()
@@ -566,6 +594,8 @@ class StreamTranslator:
                 out["reasoning_content"] = self.reasoning.flush()
             out["content"] = self.answer.feed(text)
             self.finished = self.finished or (phase == "answer" and delta.get("status") == "finished")
+            if self.max_tokens and not self.finished and self._answer_tokens() >= self.max_tokens:
+                self.finished = self.truncated = True
         elif phase == "think":
             out["reasoning_content"] = self.reasoning.feed(text)
         elif phase == "thinking_summary":
@@ -573,6 +603,15 @@ class StreamTranslator:
             if isinstance(thoughts, list):
                 out["reasoning_content"] = self.summary.feed("\n\n".join(str(t) for t in thoughts))
         return [self._chunk(out)] if any(out.values()) else []
+
+    def _answer_tokens(self) -> int:
+        """Answer tokens so far, from the site's cumulative usage (output minus reasoning)."""
+        usage = openai_usage(self.usage)
+        return usage["completion_tokens"] - usage["completion_tokens_details"]["reasoning_tokens"]
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.truncated else "stop"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         if not self._sent_role:
@@ -593,7 +632,7 @@ class StreamTranslator:
         delta: dict[str, Any] = {}
         if self.sources:
             delta["annotations"] = self.annotations()
-        chunks.append(self._chunk(delta, finish_reason="stop"))
+        chunks.append(self._chunk(delta, finish_reason=self.finish_reason))
         if self.include_usage:
             chunks.append({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -610,6 +649,6 @@ class StreamTranslator:
             message["annotations"] = self.annotations()
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
             "usage": openai_usage(self.usage),
         }

@@ -187,3 +187,17 @@ def test_unversioned_routes_work_too(proxy, fake):
     resp = requests.post(proxy.url + "/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
                          json={"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_stops_early_with_length(client, fake, stream):
+    fake.configure(answer="word " * 400, chunk_chars=8, chunk_delay=0.001)
+    kwargs = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "talk"}], "max_tokens": 10}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        text, reason = _text(chunks), chunks[-1].choices[0].finish_reason
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        text, reason = choice.message.content, choice.finish_reason
+    assert reason == "length" and 30 <= len(text) <= 48
+    assert fake.wait_streams_closed(timeout=5), "the rest of the upstream answer is not read"

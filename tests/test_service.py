@@ -49,6 +49,8 @@ def test_builtin_models_when_the_site_is_down(make_proxy, fake):
     ids = [m.id for m in server.client().models.list()]
     assert "qwen3.7-plus" in ids
     assert requests.get(server.url + "/health", timeout=5).json()["models"]["source"] == "builtin"
+    resp = requests.get(server.url + "/v1/models", headers=AUTH, timeout=5)
+    assert resp.headers["X-Models-Source"] == "builtin"
 
 
 def test_model_list_is_cached(client, fake):
@@ -215,6 +217,13 @@ def test_start_up_with_a_bad_value_prints_one_line(tmp_path):
                             env={"PATH": "/usr/bin:/bin", "PORT": "eighty", "CONFIG_FILE": ""}, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "configuration error: PORT: expected a whole number (got 'eighty')"
+
+
+def test_gunicorn_style_import_with_a_bad_value_prints_one_line():
+    code = "import app; app.app"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30,
+                            env={"PATH": "/usr/bin:/bin", "SERVER_MODE": "perhaps", "CONFIG_FILE": ""})
+    assert result.returncode == 2 and result.stderr.strip().startswith("configuration error: SERVER_MODE")
 
 
 def test_import_does_no_work():

@@ -96,6 +96,9 @@ def _body(**kw):
     (_body(stream="yes"), "stream"),
     (_body(n=2), "n"),
     (_body(thinking_budget=-1), "thinking_budget"),
+    (_body(max_tokens=0), "max_tokens"),
+    (_body(max_completion_tokens="9"), "max_completion_tokens"),
+    (_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}), "response_format"),
     (_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x"}}]}]),
      "messages[0].content[0]"),
 ])
@@ -341,3 +344,29 @@ def test_openai_usage(usage, expected):
     u = t.openai_usage(usage)
     assert (u["prompt_tokens"], u["completion_tokens"], u["total_tokens"],
             u["completion_tokens_details"]["reasoning_tokens"]) == expected
+
+
+def test_json_schema_refusal_uses_the_words_langchain_checks():
+    with pytest.raises(InvalidRequest) as info:
+        t.parse_chat_request(_body(response_format={"type": "json_schema", "json_schema": {}}))
+    assert "'response_format' of type 'json_schema' is not supported with this model" in info.value.message
+    assert t.parse_chat_request(_body(response_format={"type": "json_object"})).model == "qwen3.7-plus"
+
+
+def test_max_tokens_cuts_the_answer_with_length():
+    tr = t.StreamTranslator("c", "m", 1, max_tokens=5)
+
+    def answer(text, output, reasoning=0):
+        return {"choices": [{"delta": {"phase": "answer", "content": text}}],
+                "usage": {"output_tokens": output, "output_tokens_details": {"reasoning_tokens": reasoning}}}
+
+    tr.feed(answer("Thinking counts not: ", 50, reasoning=48))  # 2 answer tokens
+    assert not tr.finished
+    tr.feed(answer("one two three", 53, reasoning=48))         # 5 answer tokens
+    assert tr.finished and tr.truncated
+    assert tr.finish()[-1]["choices"][0]["finish_reason"] == "length"
+    assert tr.completion()["choices"][0]["finish_reason"] == "length"
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert t.parse_chat_request(_body(max_tokens=100, max_completion_tokens=7)).max_tokens == 7
