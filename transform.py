@@ -149,7 +149,7 @@ def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFou
 # --------------------------------------------------------------------------- requests
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_THINK_TAG = re.compile(r"\s*/(think|no_think)\s*$")
+_THINK_TAG = re.compile(r"(?:^|\s+)/(think|no_think)\s*$")  # Cherry Studio appends " /think"
 _EFFORT_OFF = frozenset({"none", "minimal"})
 
 

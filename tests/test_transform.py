@@ -135,6 +135,8 @@ def test_thinking_controls(extra, thinking):
     ([("user", "a /no_think"), ("assistant", "b"), ("user", "c /think")], True, "c"),
     ([("user", "a /think"), ("assistant", "b"), ("user", "c")], None, "c"),
     ([("user", "path/think about it")], None, "path/think about it"),
+    ([("user", "see foo/think")], None, "see foo/think"),
+    ([("user", "/no_think")], False, ""),
 ])
 def test_trailing_think_tags_are_stripped(messages, thinking, last):
     body = _body(messages=[{"role": r, "content": c} for r, c in messages], enable_thinking=None)
