@@ -240,6 +240,18 @@ def _error_for_body(status: int, content_type: str, body: bytes, actual: str | N
 # --------------------------------------------------------------------------- client
 
 
+def new_chat_id(answer: Any) -> str | None:
+    """The chat id wherever a ``chats/new`` answer puts it (§4: ``data.id`` now, other places seen)."""
+    data = answer.get("data") if isinstance(answer, Mapping) else None
+    chat = data.get("chat") if isinstance(data, Mapping) else None
+    for holder in (data, chat, answer):
+        if isinstance(holder, Mapping):
+            for key in ("id", "chat_id"):
+                if isinstance(holder.get(key), str) and holder[key]:
+                    return holder[key]
+    return None
+
+
 def new_session(pool_size: int) -> requests.Session:
     """One session per account: its own cookies and a connection pool sized for its streams."""
     session = requests.Session()
@@ -341,9 +353,8 @@ class QwenClient:
         """``POST /api/v2/chats/new`` → the new chat id (§4)."""
         payload = new_chat_payload(model, chat_type, int(time.time() * 1000))
         answer = self._json(identity, "POST", "/api/v2/chats/new", json=payload, referer="/c/new-chat")
-        data = answer.get("data") if isinstance(answer.get("data"), Mapping) else answer
-        chat_id = data.get("id") or data.get("chat_id") or (data.get("chat") or {}).get("id")
-        if not isinstance(chat_id, str) or not chat_id:
+        chat_id = new_chat_id(answer)
+        if chat_id is None:
             raise UpstreamError("The Qwen site created a chat but returned no id.")
         return chat_id
 

@@ -570,6 +570,8 @@ class StreamTranslator:
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Chunks to send for one upstream event (often none)."""
         created = event.get("response.created")
+        if event.get("type") == "response.created" and isinstance(event.get("response"), Mapping):
+            created = {"response_id": event["response"].get("id")}  # another observed form (§6.3)
         if isinstance(created, Mapping):
             self.response_id = created.get("response_id") or self.response_id
             return []

@@ -372,3 +372,20 @@ def test_max_tokens_cuts_the_answer_with_length():
 
 def test_max_completion_tokens_wins_over_max_tokens():
     assert t.parse_chat_request(_body(max_tokens=100, max_completion_tokens=7)).max_tokens == 7
+
+
+@pytest.mark.parametrize("event", [
+    {"response.created": {"chat_id": "c", "response_id": "r1", "response_index": 0}},
+    {"type": "response.created", "response": {"id": "r1", "chat_id": "c"}},
+])
+def test_response_id_from_either_created_form(event):
+    tr = t.StreamTranslator("c", "m", 1)
+    assert tr.feed(event) == [] and tr.response_id == "r1"
+
+
+@pytest.mark.parametrize("event", [
+    {"response.info": {"response_id": "r", "action": "skip_think"}}, {"response.stopped": {}}, {"done": True},
+    {"choices": []}, {"choices": [{"delta": None}]}, {"usage": {"input_tokens": 3}},
+])
+def test_marker_events_produce_nothing(event):
+    assert t.StreamTranslator("c", "m", 1).feed(event) == []

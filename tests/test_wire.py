@@ -7,7 +7,7 @@ import json
 import pytest
 
 import errors
-from qwen_client import SSEDecoder, classify_payload, error_for_status, _error_for_body
+from qwen_client import SSEDecoder, _error_for_body, classify_payload, error_for_status, new_chat_id
 from tests.conftest import FIXTURES
 
 EVENTS = [{"a": 1}, {"text": "известни\u2028 ünï 😀"}, {"b": [1, 2]}]
@@ -137,3 +137,16 @@ def test_html_pages_never_leak_into_messages():
 def test_waf_page_with_200_is_a_challenge():
     error = _error_for_body(200, "text/html", b"<!doctypehtml><html><meta name=\"aliyun_waf_aa\">", None)
     assert isinstance(error, errors.RateLimited) and error.retry_after >= 120
+
+
+@pytest.mark.parametrize(("answer", "chat_id"), [
+    ({"success": True, "data": {"id": "c1"}}, "c1"),
+    ({"success": True, "data": {"chat_id": "c2"}}, "c2"),
+    ({"success": True, "data": {"chat": {"id": "c3"}}}, "c3"),
+    ({"success": True, "data": {"chat": {"chat_id": "c4"}}}, "c4"),
+    ({"chat_id": "c5"}, "c5"),
+    ({"success": True, "data": {}}, None),
+    ({"success": True, "data": {"id": ""}}, None),
+])
+def test_chat_id_wherever_the_site_puts_it(answer, chat_id):
+    assert new_chat_id(answer) == chat_id
