@@ -16,7 +16,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -192,7 +192,10 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 class Turn:
     """One upstream turn: the site's event stream, its translator, and the account to give back."""
 
-    def __init__(self, events: Iterator[dict], translator: transform.StreamTranslator, release, label: str) -> None:
+    def __init__(
+        self, events: Iterator[dict], translator: transform.StreamTranslator,
+        release: Callable[[Exception | None], None], label: str,
+    ) -> None:
         self._events, self.translator, self._release, self.label = events, translator, release, label
         self._pending: list[dict] = []
         self._closed = False

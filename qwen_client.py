@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: How much of a non-stream body we read to classify it; WAF pages are ~16 KiB.
+#: How much of a refusal we read to classify it; WAF pages are ~16 KiB.
 MAX_ERROR_BODY = 64 * 1024
+#: Largest JSON answer we accept (model lists with long descriptions run to hundreds of KiB).
+MAX_JSON_BODY = 16 * 1024 * 1024
 #: Risk-control challenges clear after a couple of minutes at best (§11).
 CHALLENGE_COOLDOWN = 120.0
 DONE = object()
@@ -322,7 +324,7 @@ class QwenClient:
     def _json(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> Any:
         """A JSON call: any refusal shape becomes a typed exception, else the parsed body."""
         with self._request(identity, method, path, stream=True, **kwargs) as resp:
-            body = _read_bounded(resp)
+            body = _read_bounded(resp, MAX_JSON_BODY if resp.status_code < 400 else MAX_ERROR_BODY)
             error = _error_for_body(
                 resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
             )
@@ -371,7 +373,7 @@ class QwenClient:
         try:
             content_type = resp.headers.get("Content-Type", "")
             if resp.status_code >= 400 or "text/event-stream" not in content_type:
-                body = _read_bounded(resp)
+                body = _read_bounded(resp, MAX_ERROR_BODY)
                 error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
                 raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
             yield from _events(resp)
@@ -419,13 +421,15 @@ def _decode_event(data: bytes) -> Any:
     return event
 
 
-def _read_bounded(resp: requests.Response) -> bytes:
-    body = b""
-    for chunk in resp.iter_content(chunk_size=16384):
-        body += chunk
-        if len(body) >= MAX_ERROR_BODY:
+def _read_bounded(resp: requests.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a body: enough to use or classify it, never unbounded."""
+    parts, size = [], 0
+    for chunk in resp.iter_content(chunk_size=65536):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
             break
-    return body
+    return b"".join(parts)
 
 
 def transport_error(exc: requests.RequestException) -> ProxyError:

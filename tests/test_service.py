@@ -53,6 +53,20 @@ def test_builtin_models_when_the_site_is_down(make_proxy, fake):
     assert resp.headers["X-Models-Source"] == "builtin"
 
 
+def test_a_large_model_list_is_read_whole(make_proxy, fake):
+    from tests.fake_qwen import DEFAULT_MODELS
+    models = []
+    for n in range(60):
+        model = json.loads(json.dumps(DEFAULT_MODELS[0]))
+        model["id"] = model["info"]["id"] = f"qwen-many-{n}"
+        model["info"]["meta"]["description"] = "A long description. " * 100
+        models.append(model)
+    fake.configure(models=models)
+    resp = requests.get(make_proxy().url + "/v1/models", headers=AUTH, timeout=10)
+    assert resp.headers["X-Models-Source"] == "upstream"
+    assert {m["id"] for m in resp.json()["data"]} >= {f"qwen-many-{n}" for n in range(60)}
+
+
 def test_model_list_is_cached(client, fake):
     client.models.list()
     client.models.list()
