@@ -8,6 +8,7 @@ follow ``qwen-web-protocol.md`` (sections cited at each function).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -117,23 +118,22 @@ def resolve_model(requested: str, models: Sequence[ModelInfo], default_model: st
     """Map a client's model id (with suffixes or an OpenAI alias) to an upstream model."""
     by_id = {m.id.lower(): m for m in models}
     name = requested.strip().lower()
-    if name in OPENAI_ALIASES or name == "":
+    if name in OPENAI_ALIASES:
         name = (default_model or models[0].id).lower()
         if name not in by_id:
             raise ModelNotFound(f"The default model '{default_model}' is not offered by the site.", param="model")
     if name in by_id:
         return ModelChoice(by_id[name])
-    base, search, modes = name, False, []
+    base, search, thinking = name, False, None
     if base.endswith(SEARCH_SUFFIX):
         base, search = base[: -len(SEARCH_SUFFIX)], True
-    for suffix in (THINKING_SUFFIX, FAST_SUFFIX):
+    for suffix, value in ((THINKING_SUFFIX, True), (FAST_SUFFIX, False)):
         if base.endswith(suffix):
-            base, modes = base[: -len(suffix)], [suffix]
+            base, thinking = base[: -len(suffix)], value
             break
     model = by_id.get(base)
-    if model is None or requested.strip().lower() not in {v.lower() for v in model_variants(model)}:
+    if model is None or name not in {v.lower() for v in model_variants(model)}:
         raise _model_not_found(requested, models)
-    thinking = {THINKING_SUFFIX: True, FAST_SUFFIX: False}.get(modes[0]) if modes else None
     return ModelChoice(model, thinking=thinking, search=search)
 
 
@@ -466,28 +466,27 @@ class TextAccumulator:
 
 
 class SnapshotDiffer:
-    """Increments from cumulative snapshots, as ``thinking_summary`` arrays arrive (§6.3)."""
+    """Increments from cumulative snapshots, as ``thinking_summary`` arrays arrive (§6.3).
+
+    Each snapshot is compared with the previous one: what extends it is new
+    text. If the site ever rewrites the summary instead of extending it, what
+    differs from the common start is sent as new text rather than lost.
+    """
 
     def __init__(self) -> None:
-        self.text = ""
+        self.text = ""  # everything emitted
+        self._last = ""
 
     def feed(self, snapshot: str) -> str:
-        if snapshot.startswith(self.text):
-            piece = snapshot[len(self.text):]
+        last, self._last = self._last, snapshot
+        if snapshot.startswith(last):
+            piece = snapshot[len(last):]
+        elif last.startswith(snapshot):
+            piece = ""  # a shorter repeat
         else:
-            common = len(_common_prefix(self.text, snapshot))
-            piece = snapshot[common:] if len(snapshot) > len(self.text) else ""
-        if piece:
-            self.text += piece
+            piece = snapshot[len(os.path.commonprefix([last, snapshot])):]
+        self.text += piece
         return piece
-
-
-def _common_prefix(a: str, b: str) -> str:
-    i = 0
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return a[:i]
-    return a[: min(len(a), len(b))]
 
 
 def openai_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:

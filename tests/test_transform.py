@@ -267,12 +267,14 @@ def test_every_chunking_reconstructs_the_text(text, size):
         assert out == text
 
 
-def test_snapshot_differ_on_growing_arrays():
+@pytest.mark.parametrize(("snapshots", "pieces"), [
+    (["a", "ab", "ab\n\nc"], ["a", "b", "\n\nc"]),          # growing arrays, joined
+    (["abc", "ab"], ["abc", ""]),                             # shorter repeat
+    (["abc", "abXd", "abXde"], ["abc", "Xd", "e"]),           # rewritten, then growing again
+])
+def test_snapshot_differ(snapshots, pieces):
     differ = t.SnapshotDiffer()
-    assert differ.feed("a") == "a"
-    assert differ.feed("ab") == "b"
-    assert differ.feed("ab\n\nc") == "\n\nc"
-    assert differ.feed("ab") == ""
+    assert [differ.feed(s) for s in snapshots] == pieces
 
 
 def test_fixture_stream_translates_to_reasoning_then_answer():
