@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -80,6 +80,12 @@ class SSEDecoder:
         for line in lines:
             self._line(line, events)
         return events
+
+    def iter_payloads(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Every ``data`` payload of a body read in chunks, the unterminated last one included."""
+        for chunk in chunks:
+            yield from self.feed(chunk)
+        yield from self.finish()
 
     def finish(self) -> list[bytes]:
         """Flush at end of body: the site may close without a final blank line."""
@@ -386,19 +392,13 @@ class QwenClient:
 def _events(resp: requests.Response) -> Iterator[dict]:
     decoder, seen = SSEDecoder(), 0
     # chunk_size=None: yield each HTTP chunk as it arrives instead of waiting to fill a buffer.
-    for chunk in resp.iter_content(chunk_size=None):
-        for data in decoder.feed(chunk):
-            event = _decode_event(data)
-            if event is DONE:
-                return
-            seen += 1
-            yield event
-    for data in decoder.finish():
+    for data in decoder.iter_payloads(resp.iter_content(chunk_size=None)):
         event = _decode_event(data)
         if event is DONE:
             return
-        seen += 1
-        yield event
+        if event is not None:
+            seen += 1
+            yield event
     if not seen and decoder.stray:
         raise _error_for_body(200, "text/event-stream", decoder.stray, None) or EmptyResponse(
             "The Qwen site sent a stream without events."
@@ -415,6 +415,9 @@ def _decode_event(data: bytes) -> Any:
         if looks_like_waf(text):
             raise challenge_error("WAF verification page inside the stream") from None
         raise UpstreamError(f"The Qwen site sent an unreadable event: {_short(text, 80)}") from None
+    if not isinstance(event, dict):
+        logger.debug("ignoring a stream event that is not an object")
+        return None
     error = classify_payload(event)
     if error is not None:
         raise error

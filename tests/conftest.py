@@ -38,9 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def fixture_events(name: str) -> list[dict[str, Any]]:
     """The events of a captured SSE file, decoded by our own decoder."""
-    decoder = SSEDecoder()
-    data = decoder.feed((FIXTURES / name).read_bytes()) + decoder.finish()
-    return [json.loads(d) for d in data]
+    return [json.loads(d) for d in SSEDecoder().iter_payloads([(FIXTURES / name).read_bytes()])]
 
 
 class ProxyServer:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import errors
-from qwen_client import SSEDecoder, _error_for_body, classify_payload, error_for_status, new_chat_id
+from qwen_client import SSEDecoder, _decode_event, _error_for_body, classify_payload, error_for_status, new_chat_id
 from tests.conftest import FIXTURES
 
 EVENTS = [{"a": 1}, {"text": "известни\u2028 ünï 😀"}, {"b": [1, 2]}]
@@ -20,11 +20,7 @@ def _frame(line_ending: str) -> bytes:
 
 
 def _decode(chunks) -> list:
-    decoder, out = SSEDecoder(), []
-    for chunk in chunks:
-        out += decoder.feed(chunk)
-    out += decoder.finish()
-    return [json.loads(d) for d in out]
+    return [json.loads(d) for d in SSEDecoder().iter_payloads(chunks)]
 
 
 @pytest.mark.parametrize("line_ending", ["\n", "\r", "\r\n"])
@@ -150,3 +146,15 @@ def test_waf_page_with_200_is_a_challenge():
 ])
 def test_chat_id_wherever_the_site_puts_it(answer, chat_id):
     assert new_chat_id(answer) == chat_id
+
+
+@pytest.mark.parametrize("data", [b"1", b"[1, 2]", b'"text"', b"null"])
+def test_events_that_are_not_objects_are_skipped(data):
+    assert _decode_event(data) is None
+
+
+def test_unreadable_events_say_what_they_were():
+    with pytest.raises(errors.UpstreamError, match="unreadable"):
+        _decode_event(b"{not json")
+    with pytest.raises(errors.RateLimited):
+        _decode_event(b"<html><body>aliyun_waf_aa</body></html>")
