@@ -163,10 +163,15 @@ def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
     return UpstreamError(f"The Qwen site refused the request ({said}).", code="upstream_" + lowered[:40])
 
 
+_ERROR_KEYS = frozenset({"ret", "error", "success", "code"})
+
+
 def classify_payload(obj: Any, actual_status: int | None = None) -> ProxyError | None:
     """The error an upstream JSON object stands for, or ``None`` if it is not one (§1.3, §1.4, §6.6)."""
     if not isinstance(obj, Mapping):
         return UpstreamError(f"The Qwen site sent an unexpected answer: {_short(obj)}")
+    if _ERROR_KEYS.isdisjoint(obj):
+        return _delta_error(obj)  # the hot path: an ordinary stream event
     ret = obj.get("ret")
     if isinstance(ret, list) and any(c in str(r) for r in ret for c in _CHALLENGE_CODES):
         return challenge_error("x5sec/RGV587 risk control")
@@ -196,10 +201,10 @@ def _code_details(obj: Mapping[str, Any]) -> tuple[str, str]:
 def _delta_error(obj: Mapping[str, Any]) -> ProxyError | None:
     """The fourth in-stream form: a delta with ``status: "error"`` and ``extra.error``."""
     choices = obj.get("choices")
-    if not (isinstance(choices, list) and choices and isinstance(choices[0], Mapping)):
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
         return None
     delta = choices[0].get("delta")
-    if not isinstance(delta, Mapping) or delta.get("status") != "error":
+    if not isinstance(delta, dict) or delta.get("status") != "error":
         return None
     extra = delta.get("extra") if isinstance(delta.get("extra"), Mapping) else {}
     error = extra.get("error")

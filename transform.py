@@ -568,25 +568,32 @@ class StreamTranslator:
 
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Chunks to send for one upstream event (often none)."""
-        created = event.get("response.created")
-        if event.get("type") == "response.created" and isinstance(event.get("response"), Mapping):
-            created = {"response_id": event["response"].get("id")}  # another observed form (§6.3)
-        if isinstance(created, Mapping):
-            self.response_id = created.get("response_id") or self.response_id
-            return []
-        if isinstance(event.get("usage"), Mapping) and event["usage"]:
-            self.usage = event["usage"]
+        # Events are decoded JSON, so plain dict checks (much cheaper than Mapping) are exact.
         choices = event.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        if "response.created" in event or event.get("type") == "response.created":
+            self._on_created(event)
+            return []
+        usage = event.get("usage")
+        if usage and isinstance(usage, dict):
+            self.usage = usage
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             return []
         delta = choices[0].get("delta")
-        return self._on_delta(delta) if isinstance(delta, Mapping) else []
+        return self._on_delta(delta) if isinstance(delta, dict) else []
+
+    def _on_created(self, event: Mapping[str, Any]) -> None:
+        created = event.get("response.created")
+        if isinstance(event.get("response"), dict):
+            created = {"response_id": event["response"].get("id")}  # another observed form (§6.3)
+        if isinstance(created, dict):
+            self.response_id = created.get("response_id") or self.response_id
 
     def _on_delta(self, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
         phase, content = delta.get("phase"), delta.get("content")
-        extra = delta.get("extra") if isinstance(delta.get("extra"), Mapping) else {}
-        for source in extra.get("web_search_info") or []:
-            if isinstance(source, Mapping) and source.get("url"):
+        extra = delta.get("extra")
+        extra = extra if isinstance(extra, dict) else {}
+        for source in extra.get("web_search_info") or ():
+            if isinstance(source, dict) and source.get("url"):
                 self.sources.setdefault(source["url"], source)
         text = content if isinstance(content, str) else ""
         out: dict[str, str] = {}

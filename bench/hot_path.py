@@ -1,0 +1,61 @@
+"""CPU cost of the relay's hot path without sockets: SSE decode → classify → translate → encode.
+
+    python -m bench.hot_path [--events 20000] [--profile]
+
+Feeds a captured-shape answer stream of one-character events, cut into 400-byte reads, through the
+same functions the proxy uses, and prints events per second and microseconds per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+
+from app import encode_event
+from qwen_client import SSEDecoder, _decode_event
+from transform import StreamTranslator
+
+
+def _event(i: int) -> dict:
+    """One answer delta shaped like the fixture t2t-stream-thinking-summary.sse."""
+    return {"choices": [{"delta": {"role": "assistant", "content": "x", "phase": "answer", "status": "typing"}}],
+            "response_id": "9f8fa867-2a3c-40ea-b5ba-36268d21c726",
+            "usage": {"input_tokens": 827, "output_tokens": i, "characters": 0, "total_tokens": 827 + i,
+                      "input_tokens_details": {"text_tokens": 827},
+                      "output_tokens_details": {"reasoning_tokens": 0, "text_tokens": i},
+                      "prompt_tokens_details": {"cached_tokens": 0}},
+            "timestamp": 1787654797}
+
+
+def relay(chunks: list[bytes]) -> int:
+    translator, sent = StreamTranslator("chatcmpl-bench", "qwen3.7-plus", 1), 0
+    for data in SSEDecoder().iter_payloads(chunks):
+        for chunk in translator.feed(_decode_event(data)):
+            sent += len(encode_event(chunk))
+    return sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    body = b"".join(b"data: " + json.dumps(_event(i)).encode() + b"\n\n" for i in range(args.events))
+    chunks = [body[i:i + 400] for i in range(0, len(body), 400)]
+    start = time.perf_counter()
+    relay(chunks)
+    elapsed = time.perf_counter() - start
+    figures = {"events_per_s": args.events / elapsed, "us_per_event": elapsed / args.events * 1e6}
+    print(f"{figures['events_per_s']:.0f} events/s, {figures['us_per_event']:.1f} µs per event")
+    print(json.dumps(figures))
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(relay, chunks)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
+if __name__ == "__main__":
+    main()
