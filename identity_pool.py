@@ -147,11 +147,8 @@ class IdentityPool:
 
     def ensure_token(self, identity: Identity) -> None:
         """Exchange a cookie without a ``token`` pair for a token (§2.3)."""
-        if self._fetch_token is None:
+        if identity.token or self._fetch_token is None:
             return
-        with identity._lock:
-            if identity.token:
-                return
         profile = self._fetch_token(identity)
         identity.set_token(profile.get("token") or profile.get("access_token") or "")
         logger.info("%s: obtained a token from its cookie", identity.label)
