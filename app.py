@@ -363,13 +363,14 @@ def chat_completions() -> Response:
     turn = open_turn(gw, chat, choice, identity)
     if chat.stream:
         return Response(sse(turn), mimetype="text/event-stream", headers=SSE_HEADERS)
+    error: ProxyError | None = None
     try:
         return jsonify(turn.collect())
     except ProxyError as exc:
-        turn.close(exc)
+        error = exc
         raise
     finally:
-        turn.close()
+        turn.close(error)
 
 
 def _models() -> list[transform.ModelInfo]:
