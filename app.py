@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -30,18 +31,20 @@ from errors import (
     InvalidRequest,
     ModelNotFound,
     ProxyError,
+    RateLimited,
     Unauthorized,
     UpstreamAuthError,
     UpstreamError,
 )
 from identity_pool import Identity, IdentityPool
-from qwen_client import ModelCatalog, QwenClient, new_session
+from qwen_client import AnswerStream, ModelCatalog, QwenClient, new_session
 
 __version__ = "0.1.0"
 logger = logging.getLogger("qwen2openai")
 bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PING = b": ping\n\n"
 ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health"]
 _OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform")
 
@@ -76,6 +79,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
+    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS)
+    app.wsgi_app = admission  # type: ignore[method-assign]
+    app.extensions["qwen2openai.admission"] = admission
     if not len(pool):
         logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
     return app
@@ -120,6 +126,97 @@ def install_redaction(settings: Settings) -> None:
             log.removeFilter(old)
         log.addFilter(RedactingFilter(secrets))
     logging.getLogger("urllib3").setLevel(logging.WARNING)  # it logs full URLs
+
+
+# --------------------------------------------------------------------------- admission
+
+
+class Admission:
+    """WSGI middleware: at most ``limit`` requests at once, and a 429 at once for the next, never a wait.
+
+    A request holds its place until its response body ends or is closed, so a
+    stream counts for as long as it is open. Health checks and CORS preflights
+    are never counted: a busy proxy still answers them.
+    """
+
+    EXEMPT_PATHS = frozenset({"/health"})
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in self.EXEMPT_PATHS or environ.get("REQUEST_METHOD") == "OPTIONS":
+            return self.app(environ, start_response)
+        with self._lock:
+            admitted = self.active < self.limit
+            if admitted:
+                self.active += 1
+        if not admitted:
+            return self._refuse(environ, start_response)
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._leave()
+            raise
+        return _ReleasingBody(body, self._leave)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        error = RateLimited(
+            f"The proxy is serving as many requests as it is set to ({self.limit}, MAX_CONCURRENT_REQUESTS). "
+            "Retry in a moment.", code="too_many_concurrent_requests", retry_after=1,
+        )
+        body = json.dumps(error.to_dict()).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *error.headers().items()]
+        if environ.get("HTTP_ORIGIN"):  # flask-cors does not see this answer; browsers must still read it
+            headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+        start_response("429 Too Many Requests", headers)
+        return [body]
+
+    def snapshot(self) -> dict[str, int]:
+        return {"active": self.active, "limit": self.limit}
+
+
+class _ReleasingBody:
+    """A response body that calls ``release`` once: when it is exhausted or closed, whichever comes first.
+
+    Exhaustion comes before the server writes the end of a chunked body, so a
+    client that has read a whole answer finds its place already free.
+    """
+
+    __slots__ = ("_body", "_iterator", "_release")
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._body, self._iterator = body, iter(body)
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> _ReleasingBody:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._done()
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 # --------------------------------------------------------------------------- errors
@@ -190,50 +287,85 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 
 
 class Turn:
-    """One upstream turn: the site's event stream, its translator, and the account to give back."""
+    """One upstream turn: the site's answer stream, its translator, and the account to give back."""
 
     def __init__(
-        self, events: Iterator[dict], translator: transform.StreamTranslator,
+        self, stream: AnswerStream, translator: transform.StreamTranslator,
         release: Callable[[Exception | None], None], label: str,
     ) -> None:
-        self._events, self.translator, self._release, self.label = events, translator, release, label
+        self._stream, self.translator, self._release, self.label = stream, translator, release, label
         self._pending: list[dict] = []
+        self._ended = False  # the site's answer has been read to its end
+        self._waiting = False  # prime() gave up waiting: the stream starts before any output
         self._closed = False
         self._started = time.monotonic()
 
-    def prime(self) -> None:
-        """Read until the first output, so failures before it still get a real HTTP status."""
-        for event in self._events:
-            self._pending = self.translator.feed(event)
-            if self._pending or self.translator.finished:
+    def prime(self, wait: float | None = None) -> None:
+        """Read until the first output, so failures before it still get a real HTTP status.
+
+        ``wait`` bounds this for streams: after that many seconds without output the
+        stream starts anyway (200, then keep-alive pings), and a later failure
+        becomes an error event instead.
+        """
+        deadline = None if wait is None else time.monotonic() + wait
+        while not (self._pending or self._ended or self.translator.finished):
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = self._stream.get(timeout)
+            if events is None:
+                self._waiting = True
                 return
-        if not self.translator.has_output:
+            self._ended = not events
+            self._pending = self._translate(events)
+        if self._ended and not self.translator.has_output:
             raise EmptyResponse(
                 "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
             )
 
-    def chunks(self) -> Iterator[dict]:
-        """OpenAI chunks for the whole answer, the closing ones included."""
-        yield from self._pending
-        self._pending = []
-        if not self.translator.finished:
-            for event in self._events:
-                yield from self.translator.feed(event)
-                if self.translator.finished:
-                    break
+    def batches(self, heartbeat: float | None = None) -> Iterator[list[dict]]:
+        """OpenAI chunks for the whole answer, closing ones included, grouped as they arrive.
+
+        With ``heartbeat``, an empty list comes whenever that many seconds pass without
+        a chunk (the caller sends a keep-alive), and first of all if ``prime`` gave up.
+        """
+        if self._pending or self._waiting:
+            yield self._pending
+            self._pending = []
+        deadline = None if heartbeat is None else time.monotonic() + heartbeat
+        while not (self._ended or self.translator.finished):
+            events = self._stream.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if events:
+                chunks = self._translate(events)
+            else:
+                self._ended, chunks = events == [], []  # [] is the end, None a wait that timed out
+            if chunks or (deadline is not None and time.monotonic() >= deadline):
+                yield chunks
+                deadline = None if heartbeat is None else time.monotonic() + heartbeat
         if not (self.translator.answer.text or self.translator.answer.pending):
             raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
-        yield from self.translator.finish()
+        yield self.translator.finish()
+
+    def _translate(self, events: list[dict]) -> list[dict]:
+        feed, chunks = self.translator.feed, []
+        for event in events:
+            chunks += feed(event)
+            if self.translator.finished:
+                break
+        return chunks
+
+    def chunks(self) -> Iterator[dict]:
+        """OpenAI chunks for the whole answer, the closing ones included."""
+        for batch in self.batches():
+            yield from batch
 
     def collect(self) -> dict[str, Any]:
-        for _ in self.chunks():
+        for _ in self.batches():
             pass
         return self.translator.completion()
 
     def close(self, error: Exception | None = None) -> None:
         if not self._closed:
             self._closed = True
-            self._events.close()
+            self._stream.close()
             self._release(error)
             outcome = type(error).__name__ if error else "ok"
             logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
@@ -269,7 +401,7 @@ def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelC
         release(exc)
         raise _for_caller(exc, owned) from None
     try:
-        turn.prime()
+        turn.prime(gw.settings.PING_INTERVAL_SECONDS if chat.stream else None)
     except ProxyError as exc:
         turn.close(exc)
         raise _for_caller(exc, owned) from None
@@ -283,12 +415,16 @@ def _for_caller(exc: ProxyError, own_credentials: bool) -> ProxyError:
     return exc
 
 
-def sse(turn: Turn) -> Iterator[bytes]:
-    """Encode a turn as SSE; a failure after the first byte becomes an error event, then ``[DONE]``."""
+def sse(turn: Turn, heartbeat: float | None = None) -> Iterator[bytes]:
+    """Encode a turn as SSE; a failure after the first byte becomes an error event, then ``[DONE]``.
+
+    Chunks that arrived together leave in one write; ``heartbeat`` seconds without
+    any send a ``: ping`` comment, so neither nginx nor the client times out.
+    """
     error: Exception | None = None
     try:
-        for chunk in turn.chunks():
-            yield encode_event(chunk)
+        for chunks in turn.batches(heartbeat):
+            yield b"".join([encode_event(chunk) for chunk in chunks]) if chunks else PING
     except ProxyError as exc:
         error = exc
         logger.warning("stream ended by upstream failure: %s", exc.message)
@@ -330,6 +466,7 @@ def health() -> Response:
         "auth": "api_key" if gw.settings.API_KEY else "open",
         "accounts": accounts,
         "models": gw.catalog.snapshot(),
+        "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
     })
 
 
@@ -362,7 +499,7 @@ def chat_completions() -> Response:
     choice = transform.resolve_model(chat.model, _models(), gw.settings.DEFAULT_MODEL)
     turn = open_turn(gw, chat, choice, identity)
     if chat.stream:
-        return Response(sse(turn), mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(sse(turn, gw.settings.PING_INTERVAL_SECONDS), mimetype="text/event-stream", headers=SSE_HEADERS)
     error: ProxyError | None = None
     try:
         return jsonify(turn.collect())

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -47,6 +48,9 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 #: Risk-control challenges clear after a couple of minutes at best (§11).
 CHALLENGE_COOLDOWN = 120.0
 DONE = object()
+_END = object()
+#: Batches of events the reader may run ahead of the client; bounds the memory of a stream.
+ANSWER_QUEUE_DEPTH = 16
 
 # --------------------------------------------------------------------------- SSE
 
@@ -371,39 +375,133 @@ class QwenClient:
             raise UpstreamError("The Qwen site created a chat but returned no id.")
         return chat_id
 
-    def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> Iterator[dict]:
-        """Post one turn and yield the site's stream events; raise on any error form (§6).
+    def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> AnswerStream:
+        """Post one turn; its events arrive through the returned stream, its errors too (§6).
 
-        The upstream response is closed when the generator is closed, so a
-        client that hangs up releases the upstream connection at once.
+        The request is made by the stream's reader thread, so even the wait for the
+        site's first byte happens where the caller can send keep-alives meanwhile.
         """
-        resp = self._request(
-            identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-            json=payload, stream=True, referer=f"/c/{chat_id}",
-        )
+        def post() -> requests.Response:
+            return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
+                                 json=payload, stream=True, referer=f"/c/{chat_id}")
+
+        return AnswerStream(post, chat_id)
+
+
+class AnswerStream:
+    """The site's answer to one turn, read by a background thread into a small bounded queue.
+
+    The request thread waits on :meth:`get` with a timeout, so it can send keep-alives
+    while the site is silent: a socket read that timed out cannot be resumed, so the
+    waiting happens on the queue, never on the socket. Under gunicorn's gevent worker
+    the thread is a greenlet. :meth:`close` ends the upstream request at once, even
+    while the reader waits on a silent site: the socket is shut down under it.
+    """
+
+    def __init__(self, post: Callable[[], requests.Response], label: str = "") -> None:
+        self._post = post
+        self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
+        self._response: requests.Response | None = None
+        self._closed = False
+        self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
+        threading.Thread(target=self._read, name=f"answer {label}", daemon=True).start()
+
+    def _read(self) -> None:
+        end: Any = _END
+        resp = None
         try:
-            content_type = resp.headers.get("Content-Type", "")
-            if resp.status_code >= 400 or "text/event-stream" not in content_type:
-                body = _read_bounded(resp, MAX_ERROR_BODY)
-                error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
-                raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
-            yield from _events(resp)
+            resp = self._response = self._post()
+            if self._closed:
+                return
+            for batch in _batches(resp):
+                self._queue.put(batch)
+                if self._closed:
+                    return
         except requests.RequestException as exc:
-            raise transport_error(exc) from None
+            end = transport_error(exc)
+        except Exception as exc:  # the thread's boundary: every failure goes to the request thread
+            end = exc
         finally:
-            resp.close()
+            if resp is not None:
+                resp.close()
+        if not self._closed:
+            self._queue.put(end)
 
+    def get(self, timeout: float | None = None) -> list[dict] | None:
+        """Every event that has arrived, waiting up to ``timeout`` seconds for the first.
 
-def _events(resp: requests.Response) -> Iterator[dict]:
-    decoder, seen = SSEDecoder(), 0
-    # chunk_size=None: yield each HTTP chunk as it arrives instead of waiting to fill a buffer.
-    for data in decoder.iter_payloads(resp.iter_content(chunk_size=None)):
-        event = _decode_event(data)
-        if event is DONE:
+        ``None`` when nothing came in time, ``[]`` once the answer has ended; the
+        error that ended it is raised after the events that came before it.
+        """
+        if self._end is None:
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            events: list[dict] = []
+            while True:  # take everything that is there: events that arrived together leave together
+                if item.__class__ is not list:
+                    self._end = item
+                    break
+                events += item
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if events:
+                return events
+        if self._end is _END:
+            return []
+        raise self._end
+
+    def close(self) -> None:
+        """Stop reading and release the upstream connection now; any thread may call it, more than once."""
+        if self._closed:
             return
-        if event is not None:
-            seen += 1
-            yield event
+        self._closed = True
+        if self._response is not None:
+            try:
+                self._response.raw.shutdown()  # wakes a read blocked on a silent site
+            except (OSError, ValueError, RuntimeError):
+                pass  # already closed or back in the pool: nothing left to stop
+        while True:  # free a reader blocked on a full queue; it then sees _closed and ends
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _batches(resp: requests.Response) -> Iterator[list[dict]]:
+    """The events of a completion answer as they arrive, one list per network read (§6)."""
+    content_type = resp.headers.get("Content-Type", "")
+    if resp.status_code >= 400 or "text/event-stream" not in content_type:
+        body = _read_bounded(resp, MAX_ERROR_BODY)
+        error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
+        raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
+    decoder, seen = SSEDecoder(), 0
+    # chunk_size=None: each HTTP chunk as it arrives instead of waiting to fill a buffer.
+    chunks = resp.iter_content(chunk_size=None)
+    while True:
+        chunk = next(chunks, None)
+        batch: list[dict] = []
+        done, error = chunk is None, None
+        try:
+            for data in decoder.feed(chunk) if chunk is not None else decoder.finish():
+                event = _decode_event(data)
+                if event is DONE:
+                    done = True
+                    break
+                if event is not None:
+                    batch.append(event)
+        except ProxyError as exc:
+            error = exc
+        if batch:
+            seen += len(batch)
+            yield batch  # what came before an error reaches the client first
+        if error is not None:
+            raise error
+        if done:
+            break
     if not seen and decoder.stray:
         raise _error_for_body(200, "text/event-stream", decoder.stray, None) or EmptyResponse(
             "The Qwen site sent a stream without events."
