@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import requests
 import urllib3
 
@@ -512,7 +513,7 @@ def _decode_event(data: bytes) -> Any:
     if data.strip() == b"[DONE]":
         return DONE
     try:
-        event = json.loads(data)
+        event = orjson.loads(data)  # the relay's hot path: several times faster than json
     except ValueError:
         text = data.decode("utf-8", "replace")
         if looks_like_waf(text):
