@@ -50,8 +50,9 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 CHALLENGE_COOLDOWN = 120.0
 DONE = object()
 _END = object()
-#: Batches of events the reader may run ahead of the client; bounds the memory of a stream.
-ANSWER_QUEUE_DEPTH = 16
+#: Network reads the reader may run ahead of the client (a few hundred bytes each from the site):
+#: bounds the memory of a stream, and how many events one write to the client can carry.
+ANSWER_QUEUE_DEPTH = 64
 
 # --------------------------------------------------------------------------- SSE
 
@@ -395,8 +396,10 @@ class AnswerStream:
     The request thread waits on :meth:`get` with a timeout, so it can send keep-alives
     while the site is silent: a socket read that timed out cannot be resumed, so the
     waiting happens on the queue, never on the socket. Under gunicorn's gevent worker
-    the thread is a greenlet. :meth:`close` ends the upstream request at once, even
-    while the reader waits on a silent site: the socket is shut down under it.
+    the thread is a greenlet. The queue holds the raw bytes as they came; :meth:`get`
+    decodes everything that has arrived at once, so a burst of events costs one pass.
+    :meth:`close` ends the upstream request at once, even while the reader waits on a
+    silent site: the socket is shut down under it.
     """
 
     def __init__(self, post: Callable[[], requests.Response], label: str = "") -> None:
@@ -404,6 +407,8 @@ class AnswerStream:
         self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
         self._response: requests.Response | None = None
         self._closed = False
+        self._decoder = SSEDecoder()
+        self._seen = 0
         self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
         threading.Thread(target=self._read, name=f"answer {label}", daemon=True).start()
 
@@ -414,8 +419,10 @@ class AnswerStream:
             resp = self._response = self._post()
             if self._closed:
                 return
-            for batch in _batches(resp):
-                self._queue.put(batch)
+            _check_stream(resp)
+            # chunk_size=None: each HTTP chunk as it arrives instead of waiting to fill a buffer.
+            for chunk in resp.iter_content(chunk_size=None):
+                self._queue.put(chunk)
                 if self._closed:
                     return
         except requests.RequestException as exc:
@@ -432,28 +439,52 @@ class AnswerStream:
         """Every event that has arrived, waiting up to ``timeout`` seconds for the first.
 
         ``None`` when nothing came in time, ``[]`` once the answer has ended; the
-        error that ended it is raised after the events that came before it.
+        error that ended it is raised after the events that came before it (§6.5, §6.6).
         """
-        if self._end is None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._end is None:
             try:
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return None
-            events: list[dict] = []
-            while True:  # take everything that is there: events that arrived together leave together
-                if item.__class__ is not list:
+            data: list[bytes] = []
+            while True:  # everything that is there: events that arrived together leave together
+                if item.__class__ is not bytes:
                     self._end = item
                     break
-                events += item
+                data.append(item)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+            events = self._decode(self._decoder.feed(b"".join(data)))
+            if self._end is _END:
+                events += self._decode(self._decoder.finish())
+                if not self._seen and self._decoder.stray:
+                    stray = self._decoder.stray
+                    self._end = _error_for_body(200, "text/event-stream", stray, None) or EmptyResponse(
+                        "The Qwen site sent a stream without events.")
             if events:
                 return events
         if self._end is _END:
             return []
         raise self._end
+
+    def _decode(self, payloads: list[bytes]) -> list[dict]:
+        events = []
+        for data in payloads:
+            try:
+                event = _decode_event(data)
+            except ProxyError as exc:
+                self._end = exc
+                break
+            if event is DONE:
+                self._end = _END
+                break
+            if event is not None:
+                events.append(event)
+        self._seen += len(events)
+        return events
 
     def close(self) -> None:
         """Stop reading and release the upstream connection now; any thread may call it, more than once."""
@@ -472,41 +503,13 @@ class AnswerStream:
                 break
 
 
-def _batches(resp: requests.Response) -> Iterator[list[dict]]:
-    """The events of a completion answer as they arrive, one list per network read (§6)."""
+def _check_stream(resp: requests.Response) -> None:
+    """Raise what a completion answer that is not an event stream stands for (§6.7)."""
     content_type = resp.headers.get("Content-Type", "")
     if resp.status_code >= 400 or "text/event-stream" not in content_type:
         body = _read_bounded(resp, MAX_ERROR_BODY)
         error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
         raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
-    decoder, seen = SSEDecoder(), 0
-    # chunk_size=None: each HTTP chunk as it arrives instead of waiting to fill a buffer.
-    chunks = resp.iter_content(chunk_size=None)
-    while True:
-        chunk = next(chunks, None)
-        batch: list[dict] = []
-        done, error = chunk is None, None
-        try:
-            for data in decoder.feed(chunk) if chunk is not None else decoder.finish():
-                event = _decode_event(data)
-                if event is DONE:
-                    done = True
-                    break
-                if event is not None:
-                    batch.append(event)
-        except ProxyError as exc:
-            error = exc
-        if batch:
-            seen += len(batch)
-            yield batch  # what came before an error reaches the client first
-        if error is not None:
-            raise error
-        if done:
-            break
-    if not seen and decoder.stray:
-        raise _error_for_body(200, "text/event-stream", decoder.stray, None) or EmptyResponse(
-            "The Qwen site sent a stream without events."
-        )
 
 
 def _decode_event(data: bytes) -> Any:
