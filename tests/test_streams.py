@@ -212,3 +212,16 @@ def test_upstream_pool_follows_the_request_cap_unless_set():
     assert load_settings({"CONFIG_FILE": "", "MAX_CONCURRENT_REQUESTS": 300}, environ={}).UPSTREAM_POOL_SIZE == 300
     settings = load_settings({"CONFIG_FILE": ""}, environ={"MAX_CONCURRENT_REQUESTS": "300", "UPSTREAM_POOL_SIZE": "40"})
     assert settings.UPSTREAM_POOL_SIZE == 40
+
+
+def test_environment_proxies_are_read_once_and_honour_no_proxy(monkeypatch):
+    from qwen_client import QwenClient, new_session
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    settings = load_settings({"CONFIG_FILE": "", "QWEN_BASE_URL": "https://chat.qwen.ai"}, environ={})
+    assert QwenClient(settings).proxies.get("https") == "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", "chat.qwen.ai")
+    assert not QwenClient(settings).proxies
+    assert new_session(4).trust_env is False, "requests must not re-read the environment on every call"
