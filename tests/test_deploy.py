@@ -223,3 +223,28 @@ def test_docker_healthcheck_command(stack):
     assert subprocess.run(argv, env={**os.environ, "PORT": str(_free_port())}, timeout=30,
                           capture_output=True).returncode != 0
     assert re.search(r'^CMD \["gunicorn", "-c", "gunicorn.conf.py", "app:app"\]$', dockerfile, re.M)
+
+
+def test_gunicorn_settings_follow_the_app_settings(monkeypatch):
+    import runpy
+
+    monkeypatch.setenv("CONFIG_FILE", "")
+    monkeypatch.setenv("MAX_CONCURRENT_REQUESTS", "300")
+    monkeypatch.setenv("PORT", "8123")
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert conf["worker_class"] == "gevent" and conf["preload_app"] is False
+    assert conf["bind"].endswith(":8123") and conf["worker_connections"] > 300, "room to answer 429s"
+    assert conf["graceful_timeout"] >= 300 and conf["timeout"] >= 30
+    assert not re.search(r"%\((r|q|u|f)\)s|\}i\)s", conf["access_log_format"]), "no query, user, referer or headers"
+
+
+def test_reload_lets_open_streams_finish(stack, fake):
+    # A stream of 40 paced chunks is open when gunicorn is told to reload (HUP), as a deploy does.
+    fake.configure(answer="r" * 40, chunk_chars=1, chunk_delay=0.05)
+    resp, chunks = _open(stack.app_url)
+    first = next(chunks)
+    assert first.startswith(b"data: ")
+    stack.gunicorn.send_signal(signal.SIGHUP)
+    body = first + b"".join(chunks)
+    assert body.endswith(b"data: [DONE]\n\n") and _content(body) == "r" * 40
+    assert stack.client().chat.completions.create(model="qwen3.7-plus", messages=MESSAGES).choices
