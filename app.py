@@ -156,12 +156,18 @@ class Admission:
                 self.active += 1
         if not admitted:
             return self._refuse(environ, start_response)
+        length: list[int] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            length.extend(int(v) for k, v in headers if k.lower() == "content-length" and v.isdigit())
+            return start_response(status, headers, exc_info)
+
         try:
-            body = self.app(environ, start_response)
+            body = self.app(environ, start)
         except BaseException:
             self._leave()
             raise
-        return _ReleasingBody(body, self._leave)
+        return _ReleasingBody(body, self._leave, length[0] if length else None)
 
     def _leave(self) -> None:
         with self._lock:
@@ -184,16 +190,18 @@ class Admission:
 
 
 class _ReleasingBody:
-    """A response body that calls ``release`` once: when it is exhausted or closed, whichever comes first.
+    """A response body that calls ``release`` once, before the client can have all of it.
 
-    Exhaustion comes before the server writes the end of a chunked body, so a
-    client that has read a whole answer finds its place already free.
+    A body of known length releases as its last bytes are handed to the server; a
+    streamed one when it is exhausted, which comes before the server writes the end
+    of a chunked body; either releases when closed. So a client that has read a whole
+    answer finds its place already free.
     """
 
-    __slots__ = ("_body", "_iterator", "_release")
+    __slots__ = ("_body", "_iterator", "_release", "_left")
 
-    def __init__(self, body: Iterable[bytes], release: Callable[[], None]) -> None:
-        self._body, self._iterator = body, iter(body)
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None], length: int | None = None) -> None:
+        self._body, self._iterator, self._left = body, iter(body), length
         self._release: Callable[[], None] | None = release
 
     def __iter__(self) -> _ReleasingBody:
@@ -201,10 +209,15 @@ class _ReleasingBody:
 
     def __next__(self) -> bytes:
         try:
-            return next(self._iterator)
+            data = next(self._iterator)
         except StopIteration:
             self._done()
             raise
+        if self._left is not None:
+            self._left -= len(data)
+            if self._left <= 0:
+                self._done()
+        return data
 
     def close(self) -> None:
         try:

@@ -141,10 +141,11 @@ def test_hundreds_of_hang_ups_close_every_upstream_stream(make_proxy, fake):
 def test_hang_up_while_the_site_is_silent_stops_the_upstream_read(make_proxy, fake):
     fake.configure(answer="abcdef", chunk_chars=2, stall_after_events=3)
     server = make_proxy(PING_INTERVAL_SECONDS=0.05)
+    before = set(threading.enumerate())
     resp, chunks = _open(server.url)
-    _read_until(chunks, b"abcd"[:2])
-    readers = [t for t in threading.enumerate() if t.name.startswith("answer ")]
-    assert readers, "the stream has a reader waiting on the silent site"
+    _read_until(chunks, b'"cd"')
+    readers = [t for t in set(threading.enumerate()) - before if t.name.startswith("answer ")]
+    assert len(readers) == 1 and fake.stalled_streams == 1, "the stream's reader waits on the silent site"
     resp.close()
     # The proxy notices the hang-up at its next ping and shuts the upstream socket under the waiting reader.
     assert _wait_for(lambda: not any(t.is_alive() for t in readers)), "the reader still waits on the site"
@@ -183,10 +184,18 @@ def test_requests_above_the_cap_get_a_429_at_once(make_proxy, fake):
     assert server.client().chat.completions.create(model="qwen3.7-plus", messages=MESSAGES).choices
 
 
+def test_answers_give_their_place_back_before_the_client_has_them(make_proxy, fake):
+    # With room for one request, back-to-back requests on one connection never meet their predecessor.
+    server = make_proxy(MAX_CONCURRENT_REQUESTS=1)
+    session = requests.Session()
+    codes = {session.post(server.url + "/v1/chat/completions", data="{bad", headers=AUTH, timeout=5).status_code
+             for _ in range(100)}
+    codes |= {session.get(server.url + "/v1/models", headers=AUTH, timeout=5).status_code for _ in range(100)}
+    assert codes == {400, 200}
+
+
 def test_failed_requests_give_their_place_back(make_proxy, fake):
     server = make_proxy(MAX_CONCURRENT_REQUESTS=1)
-    for _ in range(3):
-        assert requests.post(server.url + "/v1/chat/completions", data="{bad", headers=AUTH, timeout=5).status_code == 400
     fake.configure(fault="http_500")
     with pytest.raises(openai.InternalServerError):
         server.client().chat.completions.create(model="qwen3.7-plus", messages=MESSAGES, stream=True)
