@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fake_qwen_auth import AUTH_ROUTES, AuthMixin
 from tests.fake_qwen_wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
     INVALID_INPUT_DETAILS, LINE_ENDINGS, QUOTA_DETAILS, SITE, Payload, make_jwt,
@@ -88,6 +89,10 @@ class Scenario:
     usage_input_tokens: int = 812
     reply: Callable[[str], str] | None = None
     x5sec_body_chars: int | None = 62_000  # measured (§11): a body this long draws x5sec; None = off
+    token_ttl: int = 30 * 86400  # life of tokens the site issues (sign-in, session renewal)
+    access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
+    session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
+    account_faults: dict[str, str] | None = None  # account id -> fault on its chats/new and completions
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,6 +102,7 @@ class Scenario:
             (self.content_mode in ("incremental", "cumulative"), f"bad content_mode {self.content_mode!r}"),
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
+            (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
         ]
         for ok, message in checks:
             if not ok:
@@ -163,6 +169,7 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/__fake__/scenario", "ctl_scenario", "control"),
     _Route("POST", "/__fake__/reset", "ctl_reset", "control"),
     _Route("GET", "/__fake__/requests", "ctl_requests", "control"),
+    *(_Route(*route) for route in AUTH_ROUTES),
 )
 
 
@@ -185,7 +192,7 @@ class _AbruptDisconnect(ConnectionAbortedError):
 # ---------------------------------------------------------------- the site
 
 
-class FakeQwen:
+class FakeQwen(AuthMixin):
     """The emulated site: routes, state, request log and stream bookkeeping."""
 
     def __init__(self, scenario: Scenario | None = None) -> None:
@@ -196,6 +203,7 @@ class FakeQwen:
         self.chats: dict[str, dict] = {}
         self.invalid_tokens: set[str] = set()
         self.sessions: dict[str, str] = {}
+        self.refresh_tokens: dict[str, str] = {}
         self.accounts: dict[str, str] = {}
         self.open_streams = 0
         self.stalled_streams = 0
@@ -223,6 +231,7 @@ class FakeQwen:
             self.chats.clear()
             self.invalid_tokens.clear()
             self.sessions.clear()
+            self.refresh_tokens.clear()
             self.accounts.clear()
             self._emails.clear()
             self._stops.clear()
@@ -267,7 +276,7 @@ class FakeQwen:
             return _detail(405, "Method Not Allowed") if path_known else _detail(404, "Not Found")
         scenario = self.scenario
         try:
-            fault = self._take_fault(scenario, route.kind)
+            fault = self._account_fault(request, route.kind) or self._take_fault(scenario, route.kind)
             if fault is not None:
                 log.info("fake qwen: fault %s on %s %s", fault, request.method, request.path)
                 return self._fault(fault, request, scenario)
@@ -338,12 +347,10 @@ class FakeQwen:
         return _profile_record(token, claims, self._emails.get(user_id, f"{user_id}@example.com"))
 
     def _h_auth_profile(self, request: Request, scenario: Scenario) -> Response:
-        cookie, bearer = _credentials(request)
-        token = cookie or bearer or self.sessions.get(request.cookies.get("qwen_session", ""))
-        claims = self._claims(token) if token else None
-        if token is None or claims is None:
+        found = self._profile_token(request)
+        if found is None:
             return _detail(401, "Your session has expired or the token is invalid. Please sign in again.")
-        return _json(self._profile(token, claims))
+        return _json(self._profile(*found))
 
     def _h_auth_no_slash(self, request: Request, scenario: Scenario) -> Response:
         return _detail(401, "Not authenticated")
@@ -357,7 +364,7 @@ class FakeQwen:
         user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"qwen:{email}"))
         with self._lock:
             self._emails[user_id] = email
-        token = make_jwt(user_id)
+        token = make_jwt(user_id, ttl=self.scenario.token_ttl)
         return token, self._profile(token, _decode_jwt(token) or {})
 
     def _h_signin_v1(self, request: Request, scenario: Scenario) -> Response:
