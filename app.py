@@ -42,7 +42,7 @@ logger = logging.getLogger("qwen2openai")
 bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health"]
+ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health", "POST /refresh-token"]
 _OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform")
 
 
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep OpenAI field order
     app.json.ensure_ascii = False
     client = QwenClient(settings)
-    pool = IdentityPool.from_settings(settings, token_fetcher=client.fetch_token)
+    pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog)
     install_redaction(settings)
@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, render_unexpected_error)
     if not len(pool):
         logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
+    if settings.AUTO_REFRESH_TOKEN:
+        pool.start_refresher(settings.TOKEN_REFRESH_CHECK_SECONDS)
     return app
 
 
@@ -192,11 +194,10 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 class Turn:
     """One upstream turn: the site's event stream, its translator, and the account to give back."""
 
-    def __init__(
-        self, events: Iterator[dict], translator: transform.StreamTranslator,
-        release: Callable[[Exception | None], None], label: str,
-    ) -> None:
-        self._events, self.translator, self._release, self.label = events, translator, release, label
+    def __init__(self, events: Iterator[dict], translator: transform.StreamTranslator, label: str) -> None:
+        self._events, self.translator, self.label = events, translator, label
+        #: Called once with the outcome when the turn ends: gives the account back.
+        self.on_close: Callable[[Exception | None], None] = lambda error: None
         self._pending: list[dict] = []
         self._closed = False
         self._started = time.monotonic()
@@ -234,45 +235,51 @@ class Turn:
         if not self._closed:
             self._closed = True
             self._events.close()
-            self._release(error)
+            self.on_close(error)
             outcome = type(error).__name__ if error else "ok"
             logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
 
 
 def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity | None) -> Turn:
-    """Create the upstream chat, post the turn and read up to its first output."""
-    owned = identity is not None
-    identity = identity or gw.pool.acquire()
+    """Start the turn on the caller's own account, or on the pool's with failover before output."""
+    if identity is not None:  # client mode: the caller's credentials, no pool and no retries
+        try:
+            turn = start_turn(gw, chat, choice, identity)
+        except ProxyError as exc:
+            identity.close()
+            raise _for_caller(exc, True) from None
+        turn.on_close = lambda error: identity.close()
+        return turn
+    account, turn = gw.pool.run(lambda ident: start_turn(gw, chat, choice, ident))
+    turn.on_close = lambda error: gw.pool.release(account, error)
+    return turn
+
+
+def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity) -> Turn:
+    """Create the upstream chat, post the turn and read up to its first output.
+
+    On failure the upstream response is closed and the error raised; giving
+    the account back is the caller's job.
+    """
     chat_type = "search" if (choice.search or chat.search) else "t2t"
     model = choice.upstream.id
     config = transform.feature_config(transform.resolve_thinking(choice, chat), chat_type == "search", chat.thinking_budget)
-
-    def release(error: Exception | None) -> None:
-        if owned:
-            identity.close()
-        else:
-            gw.pool.release(identity, error)
-
-    try:
-        chat_id = gw.client.create_chat(identity, model, chat_type)
-        payload = transform.completion_payload(
-            model=model, chat_id=chat_id, chat_type=chat_type, config=config,
-            content=transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES),
-            fid=str(uuid.uuid4()), timestamp=int(time.time()),
-        )
-        translator = transform.StreamTranslator(
-            f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage, chat.max_tokens
-        )
-        label = f"{identity.label} {model} chat={chat_id}"
-        turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, release, label)
-    except ProxyError as exc:
-        release(exc)
-        raise _for_caller(exc, owned) from None
+    chat_id = gw.client.create_chat(identity, model, chat_type)
+    payload = transform.completion_payload(
+        model=model, chat_id=chat_id, chat_type=chat_type, config=config,
+        content=transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES),
+        fid=str(uuid.uuid4()), timestamp=int(time.time()),
+    )
+    translator = transform.StreamTranslator(
+        f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage, chat.max_tokens
+    )
+    label = f"{identity.label} {model} chat={chat_id}"
+    turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, label)
     try:
         turn.prime()
-    except ProxyError as exc:
-        turn.close(exc)
-        raise _for_caller(exc, owned) from None
+    except BaseException as exc:
+        turn.close(exc if isinstance(exc, Exception) else None)
+        raise
     return turn
 
 
@@ -321,16 +328,53 @@ def index() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
+    """Liveness plus the pool at a glance; masked, so it is safe to leave open."""
     gw = gateway()
     accounts = gw.pool.snapshot()
+    usable = accounts["healthy"] + accounts["degraded"]
+    if not accounts["total"]:
+        status = "no_account"
+    else:
+        status = "ok" if usable == accounts["total"] else "degraded" if usable else "down"
+    s = gw.settings
     return jsonify({
-        "status": "ok" if accounts["total"] else "no_account",
+        "status": status,
         "version": __version__,
-        "server_mode": gw.settings.SERVER_MODE,
-        "auth": "api_key" if gw.settings.API_KEY else "open",
+        "server_mode": s.SERVER_MODE,
+        "auth": "api_key" if s.API_KEY else "open",
+        "config": {
+            "auto_refresh_token": s.AUTO_REFRESH_TOKEN,
+            "token_store": bool(s.TOKEN_STORE_FILE),
+            "failover_retries": s.FAILOVER_RETRIES,
+            "account_max_concurrency": s.ACCOUNT_MAX_CONCURRENCY,
+            "pool_failure_threshold": s.POOL_FAILURE_THRESHOLD,
+        },
         "accounts": accounts,
         "models": gw.catalog.snapshot(),
     })
+
+
+@bp.post("/refresh-token")
+def refresh_token() -> Response:
+    """Renew every account's token now, or one: ``{"account": 2}`` (the number in ``account-2``)."""
+    authenticate()
+    gw = gateway()
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    number = body.get("account", request.args.get("account")) if isinstance(body, dict) else None
+    if number is not None:
+        try:
+            number = int(number)
+        except (TypeError, ValueError):
+            number = 0
+        if not 1 <= number <= len(gw.pool):
+            raise InvalidRequest(f"'account' must be a number from 1 to {len(gw.pool)} (as in account-1).",
+                                 param="account")
+    results = gw.pool.refresh_all(number)
+    return jsonify({"object": "list", "data": results})
 
 
 @bp.get("/v1/models")

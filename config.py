@@ -61,6 +61,22 @@ class Settings:
     MODELS_CACHE_TTL: float = 3600.0
     #: Connections kept per account; sized for the streams one worker serves at once.
     UPSTREAM_POOL_SIZE: int = 200
+    #: The auth host of the newest sign-in scheme, which renews tokens from a ``refresh_token`` cookie.
+    QWEN_AUTH_URL: str = "https://auth.qwen.ai"
+    QWEN_AUTH_VERSION: str = "0.3.12"
+    #: Renewed tokens are kept here across restarts (never in config.json or cookie.txt); empty = off.
+    TOKEN_STORE_FILE: str = str(BASE_DIR / "data" / "tokens.json")
+    TOKEN_REFRESH_MARGIN_MINUTES: float = 60.0
+    TOKEN_REFRESH_CHECK_SECONDS: float = 60.0
+    #: Pool: consecutive failures before an account is taken out, and its first cool-down.
+    POOL_FAILURE_THRESHOLD: int = 3
+    POOL_COOLDOWN_SECONDS: float = 60.0
+    POOL_MAX_COOLDOWN_SECONDS: float = 1800.0
+    #: Other accounts tried for one turn when it fails before any output.
+    FAILOVER_RETRIES: int = 2
+    #: Turns at once per account (0 = no limit) and how long a turn waits for a free one.
+    ACCOUNT_MAX_CONCURRENCY: int = 0
+    ACCOUNT_QUEUE_TIMEOUT: float = 30.0
 
     @property
     def max_request_bytes(self) -> int:
@@ -103,6 +119,18 @@ def _positive(kind: type) -> Callable[[Any], Any]:
     return parse
 
 
+def _non_negative(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a whole number") from None
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def _port(value: Any) -> int:
     port = _positive(int)(value)
     if port > 65535:
@@ -133,6 +161,15 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "READ_TIMEOUT": _positive(float),
     "MODELS_CACHE_TTL": _positive(float),
     "UPSTREAM_POOL_SIZE": _positive(int),
+    "QWEN_AUTH_URL": _base_url,
+    "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
+    "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
+    "POOL_FAILURE_THRESHOLD": _positive(int),
+    "POOL_COOLDOWN_SECONDS": _positive(float),
+    "POOL_MAX_COOLDOWN_SECONDS": _positive(float),
+    "FAILOVER_RETRIES": _non_negative,
+    "ACCOUNT_MAX_CONCURRENCY": _non_negative,
+    "ACCOUNT_QUEUE_TIMEOUT": _positive(float),
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

@@ -293,7 +293,7 @@ class QwenClient:
         self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
         self.settings = settings
 
-    def headers(self, identity: Identity | None, referer: str = "/") -> dict[str, str]:
+    def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
         """The browser-equivalent header set of §1.2; the site refuses writes without it."""
         s = self.settings
         headers = {
@@ -317,7 +317,7 @@ class QwenClient:
             "X-Accel-Buffering": "no",
         }
         if identity is not None:
-            if identity.token:
+            if identity.token and bearer:
                 headers["Authorization"] = f"Bearer {identity.token}"
             headers["Cookie"] = identity.cookie_header()
         return headers
@@ -325,10 +325,9 @@ class QwenClient:
     def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
         session = kwargs.pop("session", None) or identity.session
         referer = kwargs.pop("referer", "/")
+        headers = self.headers(identity, referer, kwargs.pop("bearer", True))
         try:
-            return session.request(
-                method, self.base_url + path, headers=self.headers(identity, referer), timeout=self.timeout, **kwargs
-            )
+            return session.request(method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise transport_error(exc) from None
 
@@ -354,13 +353,63 @@ class QwenClient:
                 last = exc
         raise UpstreamError(f"Could not read the model list: {last}")
 
+    def renew_token(self, identity: Identity) -> dict[str, Any]:
+        """A fresh token for a cookie account: ``{"token", "refresh_token"}``.
+
+        With a ``refresh_token`` cookie, the auth host renews it (§2.4);
+        otherwise the session profile of the browser cookie carries it (§2.3).
+        """
+        if identity.refresh_token:
+            return self.refresh_at_auth_host(identity)
+        return {"token": self.fetch_token(identity)["token"], "refresh_token": None}
+
     def fetch_token(self, identity: Identity) -> dict[str, Any]:
-        """The session profile of a browser cookie, which carries the token (§2.3)."""
-        profile = self._json(identity, "GET", "/api/v1/auths/")
-        token = profile.get("token") or profile.get("access_token") or (profile.get("data") or {}).get("token")
+        """The session profile of a browser cookie, which carries the token (§2.3).
+
+        Only the cookie is sent, as the browser does (R4): a stale bearer token
+        must not stand in the way of a live session. The body decides, not the
+        status: a 200 without a token is a refusal.
+        """
+        profile = self._json(identity, "GET", "/api/v1/auths/", bearer=False)
+        if not isinstance(profile, Mapping):
+            raise UpstreamAuthError("The Qwen site answered the session profile with no profile; copy a fresh cookie.")
+        data = profile.get("data") if isinstance(profile.get("data"), Mapping) else {}
+        token = profile.get("token") or profile.get("access_token") or data.get("token")
         if not isinstance(token, str) or not token:
             raise UpstreamAuthError("The Qwen site did not return a token for this cookie; copy a fresh cookie.")
-        return profile
+        return {**profile, "token": token}
+
+    def refresh_at_auth_host(self, identity: Identity) -> dict[str, Any]:
+        """``GET <QWEN_AUTH_URL>/api/v2/auths/refresh`` with the refresh cookie (§2.4).
+
+        The refresh token rotates: the answer's new one replaces the old,
+        which then no longer works, so the caller must keep it.
+        """
+        s = self.settings
+        headers = self.headers(None, "/")
+        headers.update({
+            "Cookie": f"refresh_token={identity.refresh_token}", "version": s.QWEN_AUTH_VERSION,
+            "x-request-origin": self.base_url, "Sec-Fetch-Site": "same-site",
+        })
+        try:
+            with identity.session.get(s.QWEN_AUTH_URL + "/api/v2/auths/refresh", headers=headers,
+                                      timeout=self.timeout, stream=True) as resp:
+                body = _read_bounded(resp, MAX_ERROR_BODY)
+                status, content_type = resp.status_code, resp.headers.get("Content-Type", "")
+                cookie = resp.cookies.get("refresh_token")
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+        error = _error_for_body(status, content_type, body, None)
+        if status == 401 or isinstance(error, UpstreamAuthError):
+            raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
+                                    "and copy a fresh cookie.")
+        if error is not None:
+            raise error
+        data = json.loads(body).get("data") or {}
+        token = data.get("access_token") if isinstance(data, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthError("The auth host answered without an access token; copy a fresh cookie.")
+        return {"token": token, "refresh_token": data.get("refresh_token") or cookie}
 
     def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
         """``POST /api/v2/chats/new`` → the new chat id (§4)."""
