@@ -23,7 +23,7 @@ AUTH_ROUTES = (
 )
 #: Headers the auth host insists on (§2.4: version, x-request-origin, source, sec-fetch-site).
 AUTH_HOST_HEADERS = ("version", "x-request-origin", "source")
-ACCOUNT_FAULT_ENDPOINTS = frozenset({"chats_new", "completions"})
+ACCOUNT_FAULT_ENDPOINTS = frozenset({"completions"})
 
 
 class AuthMixin:
@@ -64,9 +64,16 @@ class AuthMixin:
             return token
 
     def _profile_token(self, request: Request) -> tuple[str, dict] | None:
-        """The first valid credential of a profile call: cookie token, bearer, then the session."""
+        """The credential a profile call answers with.
+
+        With session renewal on, a live browser session wins and hands out its
+        (renewed) token; otherwise the first valid of cookie token, bearer, session.
+        """
         cookie, bearer = _credentials(request)
-        for token in (cookie, bearer, self._session_token(request)):
+        candidates = (cookie, bearer, self._session_token(request))
+        if self.scenario.session_renewal and request.cookies.get("qwen_session") in self.sessions:
+            candidates = candidates[2:]
+        for token in candidates:
             claims = self._valid_claims(token)
             if claims is not None:
                 return token, claims
@@ -92,7 +99,7 @@ class AuthMixin:
         return response
 
     def _account_fault(self, request: Request, kind: str) -> str | None:
-        """The fault configured for the account behind this request, if any."""
+        """The fault configured for the account behind a completion request, if any."""
         faults = self.scenario.account_faults
         if not faults or kind not in ACCOUNT_FAULT_ENDPOINTS:
             return None
