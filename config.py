@@ -61,6 +61,10 @@ class Settings:
     MODELS_CACHE_TTL: float = 3600.0
     #: Connections kept per account; sized for the streams one worker serves at once.
     UPSTREAM_POOL_SIZE: int = 200
+    #: Where upload PUTs go, path-style (``<endpoint>/<bucket>/<path>``); empty = the STS answer's endpoint.
+    QWEN_OSS_ENDPOINT: str = ""
+    #: Let image/video URLs point at loopback, private, link-local or metadata addresses (tests, trusted LANs).
+    ALLOW_PRIVATE_URLS: bool = False
 
     @property
     def max_request_bytes(self) -> int:
@@ -117,6 +121,10 @@ def _base_url(value: Any) -> str:
     return url
 
 
+def _optional_base_url(value: Any) -> str:
+    return _base_url(value) if str(value).strip() else ""
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "API_KEY": _parse_list(","),
     "QWEN_TOKEN": _parse_list(ACCOUNT_SEPARATOR),
@@ -133,6 +141,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "READ_TIMEOUT": _positive(float),
     "MODELS_CACHE_TTL": _positive(float),
     "UPSTREAM_POOL_SIZE": _positive(int),
+    "QWEN_OSS_ENDPOINT": _optional_base_url,
+    "ALLOW_PRIVATE_URLS": _parse_bool,
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

@@ -46,12 +46,13 @@ class ProxyServer:
 
     def __init__(self, upstream: str, **overrides: Any) -> None:
         settings = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream, "COOKIE": COOKIE,
-                    "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2, **overrides}
+                    "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2,
+                    "QWEN_OSS_ENDPOINT": upstream, **overrides}
         self.settings = load_settings(settings, environ={})
         self.app = create_app(self.settings)
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> ProxyServer:
         self._thread.start()
@@ -102,4 +103,5 @@ def make_proxy(fake_server: FakeQwenServer) -> Iterator[Any]:
 
 @pytest.fixture
 def client(proxy: ProxyServer, fake: FakeQwen) -> OpenAI:
+    proxy.app.extensions["qwen2openai"].uploader.forget()  # the reset site no longer has earlier uploads
     return proxy.client()

@@ -275,7 +275,8 @@ class UploadsMixin:
         with self._lock:
             owner = next((g for g in self.uploads.grants.values() if g.access_key_id == ak), None)
         if owner is None:
-            return _oss_error(403, "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our records.")
+            return _oss_error(403, "InvalidAccessKeyId",
+                              "The OSS Access Key Id you provided does not exist in our records.")
         if request.headers.get("x-oss-security-token") != owner.security_token:
             return _oss_error(403, "InvalidSecurityToken", "The security token you provided is invalid.")
         if grant is None or grant is not owner:
@@ -286,7 +287,8 @@ class UploadsMixin:
         except ValueError:
             return _oss_error(403, "AccessDenied", "x-oss-date is missing or malformed.")
         if skew > MAX_SKEW or scenario.oss_fault == "request_time_skewed":
-            return _oss_error(403, "RequestTimeTooSkewed", "The difference between the request time and the current time is too large.")
+            return _oss_error(403, "RequestTimeTooSkewed",
+                              "The difference between the request time and the current time is too large.")
         if "x-oss-content-sha256" not in request.headers:
             return _oss_error(400, "InvalidArgument", "x-oss-content-sha256 is required for OSS4-HMAC-SHA256.")
         scope_parts = scope.split("/")
@@ -299,8 +301,10 @@ class UploadsMixin:
             return _oss_error(403, "SignatureDoesNotMatch",
                               "The request signature we calculated does not match the signature you provided.")
         payload_hash = request.headers["x-oss-content-sha256"]
-        if payload_hash != "UNSIGNED-PAYLOAD" and payload_hash != hashlib.sha256(request.get_data(cache=True)).hexdigest():
-            return _oss_error(400, "InvalidDigest", "The x-oss-content-sha256 you specified did not match what we received.")
+        body_hash = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+        if payload_hash not in ("UNSIGNED-PAYLOAD", body_hash):
+            return _oss_error(400, "InvalidDigest",
+                              "The x-oss-content-sha256 you specified did not match what we received.")
         if not _content_type_fits(grant.filetype, request.headers.get("Content-Type", "")):
             return _oss_error(400, "InvalidArgument", f"Content-Type does not fit a {grant.filetype} upload.")
         return None
