@@ -66,12 +66,14 @@ class UploadScenario:
     parse_polls: int = 2  # "pending" answers before the outcome
     parse_result: str = "success"  # final parse status: a ready word, "failed" or "error"
     parse_outage: bool = False  # R14's measured outage shapes on parse and parse/status
+    upload_latency: float = 0.0  # seconds added to each getstsToken and PUT, like a real round trip
 
     def _check_uploads(self) -> list[tuple[bool, str]]:
         return [
             (self.oss_fault is None or self.oss_fault in OSS_FAULTS, f"unknown oss_fault {self.oss_fault!r}"),
             (self.parse_result in PARSE_READY | PARSE_FAILED, f"bad parse_result {self.parse_result!r}"),
             (self.parse_polls >= 0, "parse_polls must be >= 0"),
+            (self.upload_latency >= 0, "upload_latency must be >= 0"),
         ]
 
 
@@ -173,6 +175,7 @@ class UploadsMixin:
     """Upload routes of :class:`FakeQwen`; state lives in ``self.uploads`` behind the site's lock."""
 
     _lock: threading.RLock
+    _release: threading.Event
     scenario: Scenario
     uploads: _UploadState
 
@@ -205,6 +208,7 @@ class UploadsMixin:
 
     def _grant(self, request: Request, scenario: Scenario) -> dict | Response:
         user = self._user(request)
+        self._release.wait(scenario.upload_latency)  # interruptible by reset()/release_stalls()
         body = request.get_json(silent=True)
         body = body if isinstance(body, dict) else {}
         filename, filetype = body.get("filename"), body.get("filetype")
@@ -250,6 +254,7 @@ class UploadsMixin:
             return _oss_error(500, "InternalError", "We encountered an internal error. Please try again.")
         if bucket != OSS_BUCKET:
             return _oss_error(404, "NoSuchBucket", "The specified bucket does not exist.", bucket)
+        self._release.wait(scenario.upload_latency)
         with self._lock:
             grant = self.uploads.grants.get(key)
         refusal = self._verify_put(request, bucket, key, grant, scenario)

@@ -135,6 +135,16 @@ def test_client_mode_uploads_with_the_callers_token(make_proxy, fake):
     assert [o.grant.user for o in fake.objects.values()] == ["caller-0009"]
 
 
+def test_several_files_go_up_together_and_keep_their_order(client, fake):
+    images = [PNG + bytes([n]) for n in range(4)]
+    pdf = {"type": "file", "file": {"file_data": data_url("application/pdf", PDF), "filename": "a.pdf"}}
+    fake.configure(parse_polls=0)
+    ask(client, *(image_part(data_url("image/png", i)) for i in images), pdf)
+    files = sent_message(fake)["files"]
+    assert [stored(fake, e).data for e in files] == [*images, PDF]
+    assert [e["type"] for e in files] == ["image"] * 4 + ["file"]
+
+
 def test_sts_v1_fallback(client, fake):
     fake.configure(sts_v2_available=False)
     ask(client, image_part(data_url("image/png", PNG)))
