@@ -271,18 +271,35 @@ def test_limits_are_400s(make_proxy, fake, parts, code):
     ({"sts_omit": ("security_token",)}, openai.InternalServerError, "upstream_bad_upload_grant"),
     ({"oss_fault": "access_denied"}, openai.InternalServerError, "upstream_upload_refused"),
     ({"oss_fault": "internal_error"}, openai.InternalServerError, "service_unavailable"),
-    ({"fault": "stream_data_inspection"}, openai.BadRequestError, "content_policy_violation"),
-    ({"fault": "stream_quota_limit"}, openai.RateLimitError, "upstream_rate_limited"),
+    ({"oss_fault": "request_time_skewed"}, openai.InternalServerError, "upstream_upload_refused"),
 ])
-def test_upload_and_moderation_failures_are_openai_errors(client, fake, switches, error, code):
+def test_upload_failures_stop_the_turn_with_openai_errors(client, fake, switches, error, code):
     fake.configure(**switches)
     with pytest.raises(error) as info:
         ask(client, image_part(data_url("image/png", PNG)))
     assert info.value.code == code and "<" not in info.value.message
     if error is openai.RateLimitError:
         assert int(info.value.response.headers["Retry-After"]) >= 60
-    if "fault" not in switches:
-        assert fake.requests_to("/api/v2/chat/completions") == [], "never a turn without its image"
+    assert fake.requests_to("/api/v2/chat/completions") == [], "never a turn without its image"
+
+
+def test_waf_on_document_parsing(client, fake):
+    fake.configure(fault="waf_html", fault_endpoint="parse")
+    with pytest.raises(openai.RateLimitError) as info:
+        ask(client, {"type": "file", "file": {"file_data": data_url("application/pdf", PDF), "filename": "a.pdf"}})
+    assert info.value.code == "upstream_challenge"
+
+
+@pytest.mark.parametrize(("fault", "error", "code"), [
+    ("stream_data_inspection", openai.BadRequestError, "content_policy_violation"),
+    ("stream_quota_limit", openai.RateLimitError, "upstream_rate_limited"),
+    ("rate_limited", openai.RateLimitError, "upstream_rate_limited"),
+])
+def test_moderation_and_quota_on_a_turn_with_an_image(client, fake, fault, error, code):
+    fake.configure(fault=fault)
+    with pytest.raises(error) as info:
+        ask(client, image_part(data_url("image/png", PNG)), stream=True)
+    assert info.value.code == code and len(fake.objects) == 1
 
 
 def test_grant_secrets_never_reach_the_log(client, fake, caplog):
