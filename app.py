@@ -16,13 +16,15 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+import media
 import transform
 from config import ConfigError, Settings, load_settings
 from errors import (
@@ -34,8 +36,10 @@ from errors import (
     UpstreamAuthError,
     UpstreamError,
 )
+from fetch import RemoteFetcher
 from identity_pool import Identity, IdentityPool
 from qwen_client import ModelCatalog, QwenClient, new_session
+from uploads import Uploader
 
 __version__ = "0.1.0"
 logger = logging.getLogger("qwen2openai")
@@ -43,7 +47,7 @@ bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health", "POST /refresh-token"]
-_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform")
+_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform", "uploads", "fetch")
 
 
 # --------------------------------------------------------------------------- app
@@ -51,12 +55,14 @@ _OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transf
 
 @dataclasses.dataclass
 class Gateway:
-    """Everything one app instance owns: settings, accounts, the site client and the model cache."""
+    """Everything one app instance owns: settings, accounts, the site client, the model cache, media I/O."""
 
     settings: Settings
     pool: IdentityPool
     client: QwenClient
     catalog: ModelCatalog
+    uploader: Uploader
+    fetcher: RemoteFetcher
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -69,9 +75,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     client = QwenClient(settings)
     pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog)
+    fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, Uploader(client), fetcher)
     install_redaction(settings)
-    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id"], max_age=600)
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
@@ -264,11 +271,12 @@ def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.Model
     chat_type = "search" if (choice.search or chat.search) else "t2t"
     model = choice.upstream.id
     config = transform.feature_config(transform.resolve_thinking(choice, chat), chat_type == "search", chat.thinking_budget)
+    files = upload_media(gw, identity, chat.media)
     chat_id = gw.client.create_chat(identity, model, chat_type)
     payload = transform.completion_payload(
         model=model, chat_id=chat_id, chat_type=chat_type, config=config,
         content=transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES),
-        fid=str(uuid.uuid4()), timestamp=int(time.time()),
+        fid=str(uuid.uuid4()), timestamp=int(time.time()), files=files,
     )
     translator = transform.StreamTranslator(
         f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage, chat.max_tokens
@@ -281,6 +289,48 @@ def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.Model
         turn.close(exc if isinstance(exc, Exception) else None)
         raise
     return turn
+
+
+def upload_media(gw: Gateway, identity: Identity, parts: Sequence[media.MediaPart]) -> list[dict[str, Any]]:
+    """The turn's media as ``files[]`` entries, uploaded with the turn's own account (files belong to it, §7.4).
+
+    Several files go up at once: each is two round trips to the site and one transfer to its storage.
+    """
+    def upload(part: media.MediaPart) -> dict[str, Any]:
+        return gw.uploader.upload(identity, part.data or b"", filename=part.filename, content_type=part.mime,
+                                  kind=part.kind)
+
+    if len(parts) < 2:
+        return [upload(part) for part in parts]
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="upload") as workers:
+        return list(workers.map(upload, parts))
+
+
+def fetch_media(gw: Gateway, chat: transform.ChatRequest) -> transform.ChatRequest:
+    """Download the turn's image and video URLs (guarded, bounded) before an account is taken for the turn."""
+    if not any(part.remote for part in chat.media):
+        return chat
+    parts = []
+    for part in chat.media:
+        if part.remote:
+            limit = min(media.MAX_BYTES[part.kind], media.MAX_FETCH_BYTES)
+            got = gw.fetcher.fetch(part.source, expect=part.kind, max_bytes=limit, param=part.param)
+            part = media.with_bytes(part, got.data, got.content_type)
+        parts.append(part)
+    return dataclasses.replace(chat, media=tuple(parts))
+
+
+def vision_model(
+    gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, models: list[transform.ModelInfo]
+) -> tuple[transform.ModelChoice, dict[str, str]]:
+    """The model for a turn with images, and the header that says when it is not the one asked for."""
+    if not any(part.kind == "image" for part in chat.media):
+        return choice, {}
+    fallback = transform.vision_fallback(choice, models, gw.settings.VISION_FALLBACK_MODEL)
+    if fallback is None:
+        return choice, {}
+    logger.info("%s cannot see images; using %s", choice.upstream.id, fallback.upstream.id)
+    return fallback, {"X-Model-Fallback": fallback.upstream.id}
 
 
 def _for_caller(exc: ProxyError, own_credentials: bool) -> ProxyError:
@@ -403,13 +453,17 @@ def chat_completions() -> Response:
     identity = authenticate()
     chat = transform.parse_chat_request(_json_body())
     gw = gateway()
-    choice = transform.resolve_model(chat.model, _models(), gw.settings.DEFAULT_MODEL)
-    turn = open_turn(gw, chat, choice, identity)
+    models = _models()
+    choice = transform.resolve_model(chat.model, models, gw.settings.DEFAULT_MODEL)
+    choice, headers = vision_model(gw, chat, choice, models)
+    turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
     if chat.stream:
-        return Response(sse(turn), mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(sse(turn), mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
     error: ProxyError | None = None
     try:
-        return jsonify(turn.collect())
+        response = jsonify(turn.collect())
+        response.headers.update(headers)
+        return response
     except ProxyError as exc:
         error = exc
         raise

@@ -77,6 +77,10 @@ class Settings:
     #: Turns at once per account (0 = no limit) and how long a turn waits for a free one.
     ACCOUNT_MAX_CONCURRENCY: int = 0
     ACCOUNT_QUEUE_TIMEOUT: float = 30.0
+    #: Where upload PUTs go, path-style (``<endpoint>/<bucket>/<path>``); empty = the STS answer's endpoint.
+    QWEN_OSS_ENDPOINT: str = ""
+    #: Let image/video URLs point at loopback, private, link-local or metadata addresses (tests, trusted LANs).
+    ALLOW_PRIVATE_URLS: bool = False
 
     @property
     def max_request_bytes(self) -> int:
@@ -145,6 +149,10 @@ def _base_url(value: Any) -> str:
     return url
 
 
+def _optional_base_url(value: Any) -> str:
+    return _base_url(value) if str(value).strip() else ""
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "API_KEY": _parse_list(","),
     "QWEN_TOKEN": _parse_list(ACCOUNT_SEPARATOR),
@@ -170,6 +178,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "FAILOVER_RETRIES": _non_negative,
     "ACCOUNT_MAX_CONCURRENCY": _non_negative,
     "ACCOUNT_QUEUE_TIMEOUT": _positive(float),
+    "QWEN_OSS_ENDPOINT": _optional_base_url,
+    "ALLOW_PRIVATE_URLS": _parse_bool,
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

@@ -2,15 +2,18 @@
 
 It owns everything that touches the wire: the browser-like headers (§1.2), the
 two calls of a turn (``chats/new`` then ``chat/completions``), an incremental
-SSE decoder over bytes, the model list with its cache, and the one classifier
-that turns every refusal shape of the site into a typed ``errors`` exception
-(§1.3, §1.4, §6.6–§6.8). Section numbers refer to ``qwen-web-protocol.md``.
+SSE decoder over bytes, the model list with its cache, uploads (STS grant,
+signed OSS PUT, document parsing, §7), and the one classifier that turns every
+refusal shape of the site into a typed ``errors`` exception (§1.3, §1.4,
+§6.6–§6.8). Section numbers refer to ``qwen-web-protocol.md``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 import urllib3
 
+import oss
 from errors import (
     ContentFiltered,
     EmptyResponse,
@@ -33,6 +37,7 @@ from errors import (
     UpstreamTimeout,
 )
 from transform import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
+from uploads import StsGrant, parse_grant
 
 if TYPE_CHECKING:
     from config import Settings
@@ -292,6 +297,8 @@ class QwenClient:
         self.base_url = settings.QWEN_BASE_URL
         self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
         self.settings = settings
+        # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
+        self.oss_session = new_session(16)
 
     def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
         """The browser-equivalent header set of §1.2; the site refuses writes without it."""
@@ -441,6 +448,99 @@ class QwenClient:
             raise transport_error(exc) from None
         finally:
             resp.close()
+
+
+    # -- uploads (§7) ---------------------------------------------------
+
+    def sts_grant(self, identity: Identity, filename: str, size: int, filetype: str) -> StsGrant:
+        """``getstsToken``: credentials for one new object (v2, falling back to v1 where v2 is gone)."""
+        body = {"filename": filename, "filesize": str(size), "filetype": filetype}
+        try:
+            answer = self._json(identity, "POST", "/api/v2/files/getstsToken", json=body)
+        except UpstreamError as exc:
+            if exc.code not in ("upstream_http_404", "upstream_http_405"):
+                raise
+            logger.info("getstsToken v2 answered %s; trying v1", exc.code)
+            answer = self._json(identity, "POST", "/api/v1/files/getstsToken", json=body)
+        return parse_grant(answer)
+
+    def put_object(self, grant: StsGrant, data: bytes, content_type: str) -> None:
+        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set."""
+        endpoint = self.settings.QWEN_OSS_ENDPOINT
+        url = oss.object_url(grant.bucket, grant.file_path, endpoint or grant.endpoint, path_style=bool(endpoint))
+        headers = {"Content-Type": content_type, "User-Agent": self.settings.QWEN_USER_AGENT}
+        signed = oss.sign_headers("PUT", grant.bucket, grant.file_path, headers, grant.credentials, grant.region,
+                                  dt.datetime.now(dt.timezone.utc))
+        try:
+            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True) as resp:
+                if resp.status_code < 300:
+                    return
+                body = _read_bounded(resp, MAX_ERROR_BODY).decode("utf-8", "replace")
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(
+                f"Could not upload the file to Qwen's storage ({type(exc).__name__}). Retry.", retry_after=10.0
+            ) from None
+        raise oss_error(resp.status_code, body)
+
+    def parse_file(self, identity: Identity, file_id: str, name: str) -> None:
+        """``files/parse`` then ``parse/status`` until the document is ready; the site reads it only then (§7.3)."""
+        answer = self._json(identity, "POST", "/api/v2/files/parse", json={"file_id": file_id})
+        data = answer.get("data") if isinstance(answer, Mapping) else None
+        if isinstance(data, Mapping) and data.get("code"):  # an outage, inside success:true (R14)
+            raise UpstreamError(
+                f"Qwen's document parser failed ({data['code']}). Retry later.", code="upstream_parse_failed"
+            )
+        deadline = time.monotonic() + PARSE_TIMEOUT
+        for delay in _poll_delays():
+            time.sleep(delay)
+            answer = self._json(identity, "POST", "/api/v2/files/parse/status", json={"file_id_list": [file_id]})
+            row = _parse_row(answer, file_id)
+            status = str(row.get("status", "")).lower()
+            if status in PARSE_READY:
+                return
+            if status in PARSE_FAILED:
+                reason = _short(row.get("error_msg") or status, 160)
+                raise InvalidRequest(
+                    f"Qwen could not read the document '{name}' ({reason}). Check the file, or send its text instead.",
+                    code="document_parse_failed",
+                )
+            if time.monotonic() > deadline:
+                break
+        raise UpstreamTimeout(f"Qwen did not finish reading the document '{name}' in {PARSE_TIMEOUT:g} s. Retry.")
+
+
+#: Parse polling: gentle, because the WAF counts these calls per IP (§7.3, R14).
+PARSE_TIMEOUT = 120.0
+PARSE_READY = frozenset({"success", "parsed", "done", "completed"})
+PARSE_FAILED = frozenset({"failed", "error"})
+
+
+def _parse_row(answer: Any, file_id: str) -> Mapping[str, Any]:
+    """This file's row of a ``parse/status`` answer (``data`` is a list of ``{file_id, status}``)."""
+    rows = answer.get("data") if isinstance(answer, Mapping) else None
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, Mapping) and row.get("file_id") == file_id:
+            return row
+    return {}
+
+
+def _poll_delays() -> Iterator[float]:
+    yield from (0.5, 1.0)
+    while True:
+        yield 2.0
+
+
+def oss_error(status: int, body: str) -> ProxyError:
+    """OSS refuses in XML (``<Code>SignatureDoesNotMatch</Code>``); say which refusal it was."""
+    found = re.search(r"<Code>([^<]{1,64})</Code>", body)
+    code = found.group(1) if found else f"HTTP {status}"
+    if status >= 500:
+        return ServiceUnavailable(f"Qwen's file storage failed ({code}, HTTP {status}). Retry.", retry_after=10.0)
+    if code == "RequestTimeTooSkewed":
+        return UpstreamError("Qwen's file storage refused the upload: this server's clock is off. Sync it (NTP).",
+                             code="upstream_upload_refused", retryable=False)
+    return UpstreamError(f"Qwen's file storage refused the upload ({code}, HTTP {status}). Retry; if it persists, "
+                         "the site changed how uploads are signed.", code="upstream_upload_refused")
 
 
 def _events(resp: requests.Response) -> Iterator[dict]:

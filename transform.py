@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from errors import InvalidRequest, ModelNotFound
+from media import MediaPart, check_turn, decode_inline, place_media, split_content
 
 # --------------------------------------------------------------------------- models
 
@@ -137,6 +138,34 @@ def resolve_model(requested: str, models: Sequence[ModelInfo], default_model: st
     return ModelChoice(model, thinking=thinking, search=search)
 
 
+def vision_fallback(choice: ModelChoice, models: Sequence[ModelInfo], fallback: str) -> ModelChoice | None:
+    """For a turn with images on a model that cannot see: ``VISION_FALLBACK_MODEL``, with the same modes.
+
+    ``None`` when the chosen model can see. Without a usable fallback the
+    client gets a 400 naming the models that can, never an answer given blind.
+    """
+    if choice.upstream.vision:
+        return None
+    seeing = ", ".join(m.id for m in models if m.vision) or "none is offered right now"
+    target = None
+    if fallback:
+        try:
+            target = resolve_model(fallback, models)
+        except ModelNotFound:
+            target = None
+    if target is None or not target.upstream.vision:
+        said = f"; VISION_FALLBACK_MODEL '{fallback}' is not a vision model of the site" if fallback else ""
+        raise InvalidRequest(
+            f"The model '{choice.upstream.id}' cannot see images{said}. Use a vision model: {seeing}.",
+            param="model", code="model_without_vision",
+        )
+    return ModelChoice(
+        target.upstream,
+        thinking=target.thinking if target.thinking is not None else choice.thinking,
+        search=target.search or (choice.search and target.upstream.search),
+    )
+
+
 def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFound:
     examples = ", ".join(v for m in models[:3] for v in model_variants(m)[:2])
     return ModelNotFound(
@@ -165,6 +194,7 @@ class ChatRequest:
     thinking_budget: int | None = None
     search: bool = False
     max_tokens: int | None = None
+    media: tuple[MediaPart, ...] = ()  # the newest user message's images, files, audio, video
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -177,7 +207,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    messages = tuple(_parse_message(i, m) for i, m in enumerate(raw_messages))
+    messages, media = place_media([_parse_message(i, m) for i, m in enumerate(raw_messages)])
+    check_turn(media)
     if not any(role == "user" for role, _ in messages):
         raise InvalidRequest("'messages' must contain at least one user message.", param="messages")
     stream = _optional(body, "stream", bool, False)
@@ -196,6 +227,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         thinking_budget=_thinking_budget(body),
         search=_wants_search(body),
         max_tokens=_max_tokens(body),
+        media=tuple(decode_inline(part) for part in media),
     )
 
 
@@ -219,41 +251,20 @@ def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     return value
 
 
-def _parse_message(index: int, message: Any) -> tuple[str, str]:
+def _parse_message(index: int, message: Any) -> tuple[str, str, tuple[MediaPart, ...]]:
     param = f"messages[{index}]"
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{param} must be an object.", param=param)
     role = message.get("role")
     if role not in _ROLES:
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
-    text = _content_text(message.get("content"), f"{param}.content")
+    text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
         text = "\n".join(filter(None, [text, _describe_tool_calls(message["tool_calls"])]))
     if role in {"tool", "function"}:
         ref = message.get("tool_call_id") or message.get("name") or ""
         text = f"[tool result{' ' + str(ref) if ref else ''}]\n{text}"
-    return ("system" if role == "developer" else role, text)
-
-
-def _content_text(content: Any, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{param} must be a string or an array of content parts.", param=param)
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind is None:
-            raise InvalidRequest(f"{param}[{j}] must be an object with a 'type'.", param=f"{param}[{j}]")
-        else:
-            raise InvalidRequest(
-                f"{param}[{j}]: '{kind}' content parts are not supported yet; send text parts only.",
-                param=f"{param}[{j}]",
-                code="unsupported_content",
-            )
-    return "\n".join(texts)
+    return ("system" if role == "developer" else role, text, media)
 
 
 def _describe_tool_calls(calls: Any) -> str:
@@ -380,11 +391,12 @@ def completion_payload(
     fid: str,
     timestamp: int,
     parent_id: str | None = None,
+    files: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Body of ``POST /api/v2/chat/completions``: exactly one user message (§5.1)."""
+    """Body of ``POST /api/v2/chat/completions``: exactly one user message, with its uploads (§5.1, §7.4)."""
     message = {
         "id": None, "fid": fid, "parentId": parent_id, "parent_id": parent_id, "childrenIds": [],
-        "role": "user", "content": content, "user_action": "chat", "files": [],
+        "role": "user", "content": content, "user_action": "chat", "files": [dict(f) for f in files],
         "timestamp": timestamp, "models": [model], "model": "",
         "chat_type": chat_type, "sub_chat_type": chat_type, "extra": {"meta": {"subChatType": chat_type}},
         "feature_config": dict(config),

@@ -47,10 +47,11 @@ from tests.fake_qwen_wire import (
     _model_meta, _models, _new_turn, _ok, _profile_record, _rid, _settings_record, _Turn, _turn_events,
     _turn_switches, _Writer, _x5sec_body,
 )
+from tests.fake_qwen_uploads import UPLOAD_FAULT_ENDPOINTS, UPLOAD_ROUTES, UploadScenario, UploadsMixin
 
 log = logging.getLogger(__name__)
 
-FAULT_ENDPOINTS = frozenset({"completions", "chats_new", "models", "auths"})
+FAULT_ENDPOINTS = frozenset({"completions", "chats_new", "models", "auths"}) | UPLOAD_FAULT_ENDPOINTS
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 CHATS_PER_PAGE = 20
 
@@ -59,7 +60,7 @@ CHATS_PER_PAGE = 20
 
 
 @dataclass
-class Scenario:
+class Scenario(UploadScenario):
     """Every switch of the emulator; defaults reproduce the real site at its harshest."""
 
     answer: str = "Hello from fake Qwen."
@@ -103,7 +104,7 @@ class Scenario:
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
             (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
-        ]
+        ] + self._check_uploads()
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -170,7 +171,7 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/__fake__/reset", "ctl_reset", "control"),
     _Route("GET", "/__fake__/requests", "ctl_requests", "control"),
     *(_Route(*route) for route in AUTH_ROUTES),
-)
+) + tuple(_Route(*route) for route in UPLOAD_ROUTES)
 
 
 # ---------------------------------------------------------------- control flow
@@ -192,7 +193,7 @@ class _AbruptDisconnect(ConnectionAbortedError):
 # ---------------------------------------------------------------- the site
 
 
-class FakeQwen(AuthMixin):
+class FakeQwen(AuthMixin, UploadsMixin):
     """The emulated site: routes, state, request log and stream bookkeeping."""
 
     def __init__(self, scenario: Scenario | None = None) -> None:
@@ -213,6 +214,7 @@ class FakeQwen(AuthMixin):
         self._stops: set[str] = set()
         self._release = threading.Event()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
+        self._reset_uploads()
 
     # -- control --------------------------------------------------------
 
@@ -236,6 +238,7 @@ class FakeQwen(AuthMixin):
             self._emails.clear()
             self._stops.clear()
             self._fault_hits = 0
+            self._reset_uploads()
         self.release_stalls()
 
     def release_stalls(self) -> None:
@@ -488,7 +491,8 @@ class FakeQwen(AuthMixin):
             return _fail("Bad_Request", "Invalid input too many messages")
         if body.get("stream") is not True:
             return _fail("Bad_Request", INTERNAL_DETAILS)
-        return self._start_turn(scenario, chat, body, messages[0])
+        refusal = self._files_refusal(request, scenario, messages[0])
+        return refusal if refusal is not None else self._start_turn(scenario, chat, body, messages[0])
 
     def _start_turn(self, scenario: Scenario, chat: dict, body: dict, message: dict) -> Response:
         """Accepts the turn: records it in the chat, then streams it."""

@@ -108,11 +108,12 @@ def test_bad_requests_name_the_field(body, param):
     assert info.value.status == 400 and info.value.param == param
 
 
-def test_image_parts_are_refused_not_dropped():
+def test_image_parts_are_kept_as_media_not_dropped():
     body = _body(messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])
-    with pytest.raises(InvalidRequest, match="image_url"):
-        t.parse_chat_request(body)
+    chat = t.parse_chat_request(body)
+    assert chat.messages == (("user", "what is this?"),)
+    assert [(p.kind, p.source, p.filename) for p in chat.media] == [("image", "https://x/y.png", "y.png")]
 
 
 @pytest.mark.parametrize(("extra", "thinking"), [
