@@ -47,7 +47,7 @@ bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health", "POST /refresh-token"]
-_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform", "uploads", "fetch")
+_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "token_store", "config", "transform", "uploads", "fetch")
 
 
 # --------------------------------------------------------------------------- app

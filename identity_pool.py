@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import dataclasses
 import enum
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -37,6 +33,7 @@ from errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from token_store import TokenStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -248,7 +245,7 @@ class IdentityPool:
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
         if store is not None:
-            store.restore(self.identities)
+            self._restore(store.load())
 
     @classmethod
     def from_settings(cls, settings: Any, renewer: Renewer | None = None) -> IdentityPool:
@@ -458,9 +455,25 @@ class IdentityPool:
             identity.set_token(token, answer.get("refresh_token"))
         logger.info("%s: token %s, valid until %s", identity.label, "renewed" if changed else "unchanged",
                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(identity.expires_at or 0)) + " UTC")
-        if self._store is not None:
-            self._store.save(self.identities)
+        self._persist()
         return changed
+
+    def _restore(self, stored: dict[str, dict[str, Any]]) -> None:
+        """Use a stored token where it outlives the configured one (a changed cookie has another key)."""
+        for identity in self.identities:
+            entry = stored.get(identity.key) or {}
+            token = entry.get("token")
+            exp = jwt_claims(token).get("exp") if isinstance(token, str) and token else None
+            if isinstance(exp, (int, float)) and exp > (identity.expires_at or 0):
+                identity.set_token(token, entry.get("refresh_token"), now=entry.get("obtained_at"))
+                logger.info("%s: using its renewed token from the token store", identity.label)
+
+    def _persist(self) -> None:
+        if self._store is not None:
+            self._store.save({
+                i.key: {"token": i.token, "refresh_token": i.refresh_token or None, "obtained_at": i.obtained_at}
+                for i in self.identities if i.renewable and i.token
+            })
 
     def refresh_due(self) -> list[dict[str, Any]]:
         """Renew every token close to expiry or older than the interval (the refresher's tick)."""
@@ -551,83 +564,3 @@ class IdentityPool:
             self._refresher.join(timeout=5)
         for identity in self.identities:
             identity.close()
-
-
-# --------------------------------------------------------------------------- persistence
-
-
-class TokenStore:
-    """Renewed tokens on disk, so a restart does not start from expired ones.
-
-    The user's own ``config.json`` and ``cookie.txt`` are never rewritten: the
-    store is a separate JSON file keyed by a hash of each configured
-    credential. Writes are atomic (temp file, fsync, rename) and the previous
-    file is kept as ``<file>.bak``; a damaged file falls back to the backup.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self.backup = self.path.with_name(self.path.name + ".bak")
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        for candidate in (self.path, self.backup):
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as exc:
-                logger.warning("token store %s is unreadable (%s); trying its backup", candidate, exc)
-                continue
-            accounts = data.get("accounts") if isinstance(data, dict) else None
-            if isinstance(accounts, dict):
-                return {k: v for k, v in accounts.items() if isinstance(v, dict)}
-        return {}
-
-    def restore(self, identities: Iterable[Identity]) -> None:
-        """Use a stored token where it outlives the configured one."""
-        stored = self.load()
-        for identity in identities:
-            entry = stored.get(identity.key)
-            token = entry.get("token") if entry else None
-            if not isinstance(token, str) or not token:
-                continue
-            exp = jwt_claims(token).get("exp")
-            if isinstance(exp, (int, float)) and exp > (identity.expires_at or 0):
-                identity.set_token(token, entry.get("refresh_token"), now=entry.get("obtained_at"))
-                logger.info("%s: using its renewed token from %s", identity.label, self.path)
-
-    def save(self, identities: Iterable[Identity]) -> None:
-        """Write every account's current token; a failure is logged, never raised into a turn."""
-        accounts = {
-            i.key: {"token": i.token, "refresh_token": i.refresh_token or None, "obtained_at": i.obtained_at}
-            for i in identities if i.renewable and i.token
-        }
-        body = json.dumps({"version": 1, "accounts": accounts}, indent=2).encode()
-        with self._lock:
-            try:
-                self._write(body)
-            except OSError as exc:
-                logger.warning("could not save renewed tokens to %s: %s", self.path, exc)
-
-    def _write(self, body: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            _atomic_write(self.backup, self.path.read_bytes())
-        _atomic_write(self.path, body)
-
-
-def _atomic_write(path: Path, body: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, then rename over it: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)  # it holds tokens
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
