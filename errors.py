@@ -13,7 +13,9 @@ Each class carries the HTTP meaning of its failure (status, OpenAI ``type`` and
     ├── RateLimited           429  upstream quota, throttling or risk-control challenge
     ├── UpstreamError         502  the site answered with something we cannot use
     │   ├── UpstreamAuthError      the account's token was refused
+    │   ├── ChatNotFound           the upstream chat of the turn is gone (deleted, other account)
     │   ├── EmptyResponse          the site accepted the turn but produced nothing
+    │   ├── ModelOutputInvalid     the model broke the tool-call or JSON contract, even when corrected
     │   └── UpstreamBroken         the stream broke off mid-way
     ├── ServiceUnavailable    503  no account configured, or the site is down
     └── UpstreamTimeout       504  the site stopped sending
@@ -99,6 +101,15 @@ class UpstreamError(ProxyError):
 class UpstreamAuthError(UpstreamError):
     code = "upstream_unauthorized"
     retryable = False
+
+
+class ChatNotFound(UpstreamError):
+    code = "upstream_not_found"
+
+
+class ModelOutputInvalid(UpstreamError):
+    code = "model_output_invalid"
+    retryable = False  # already corrected once; an automatic retry would double the load for little
 
 
 class EmptyResponse(UpstreamError):
