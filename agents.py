@@ -576,8 +576,11 @@ def _judge_json(prose: str, output: OutputFormat) -> Verdict:
     else:
         if output.kind == "json_object" and not isinstance(value, dict):
             problems = ["the reply must be a JSON object"]
+        elif output.schema is not None:
+            value = jsonschema_lite.coerce(value, output.schema)
+            problems = jsonschema_lite.validate(value, output.schema)
         else:
-            problems = jsonschema_lite.validate(value, output.schema) if output.schema is not None else []
+            problems = []
         if not problems:
             return Verdict(json.dumps(value, ensure_ascii=False), [], [])
     what = "JSON that matches the schema" if output.schema is not None else "a JSON object"

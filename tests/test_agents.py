@@ -244,6 +244,8 @@ def test_judge_table():
     ({"type": "json_schema", "json_schema": {"schema": {"type": "object", "required": ["x"]}}},
      '{"y": 1}', None, ["$.x is required"]),
     ({"type": "json_schema", "json_schema": {"schema": {"type": "array"}}}, "[1, 'b']", '[1, "b"]', []),
+    ({"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}},
+     '{"n": "2"}', '{"n": 2}', []),
 ])
 def test_judge_json(fmt, answer, content, problems):
     verdict = a.judge(answer, [], a.parse_agent_spec({"response_format": fmt}), False)
