@@ -306,6 +306,11 @@ def fold_tool_calls(calls: Any) -> str:
     return "\n".join(blocks)
 
 
+def fold_assistant(content: str | None, tool_calls: Any) -> str:
+    """An assistant message as the model saw it: its text, then its calls."""
+    return "\n".join(filter(None, [(content or "").strip(), fold_tool_calls(tool_calls) if tool_calls else ""]))
+
+
 def fold_tool_result(name: str, call_id: str, content: str) -> str:
     """A ``role: "tool"`` message as the ``<tool_response>`` block the model was told to expect."""
     attributes = "".join(f' {k}="{v}"' for k, v in (("name", name), ("tool_call_id", call_id)) if v)

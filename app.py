@@ -65,6 +65,7 @@ class Gateway:
     catalog: ModelCatalog
     uploader: Uploader
     fetcher: RemoteFetcher
+    conversations: conversations.Conversations
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, Uploader(client), fetcher)
+    chats = conversations.Conversations(client, settings)
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, Uploader(client), fetcher, chats)
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(bp)
@@ -212,9 +214,11 @@ class Turn:
         self, events: Iterator[dict], translator: Any, label: str,
         follow_up: Callable[[str, str | None], Iterator[dict]] | None = None,
         on_complete: Callable[[Any], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self._events, self.translator, self.label = events, translator, label
-        self._follow_up, self._on_complete = follow_up, on_complete
+        #: A corrective turn into the same chat; the answer done well; the turn over (well or not).
+        self._follow_up, self._on_complete, self._on_end = follow_up, on_complete, on_end
         #: Called once with the outcome when the turn ends: gives the account back.
         self.on_close: Callable[[Exception | None], None] = lambda error: None
         self._pending: list[dict] = []
@@ -279,6 +283,8 @@ class Turn:
             self._closed = True
             self._batches.close()
             self._events.close()
+            if self._on_end is not None:
+                self._on_end()
             self.on_close(error)
             outcome = type(error).__name__ if error else "ok"
             logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
@@ -309,13 +315,12 @@ def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.Model
     model = choice.upstream.id
     config = transform.feature_config(transform.resolve_thinking(choice, chat), chat_type == "search", chat.thinking_budget)
     files = upload_media(gw, identity, chat.media)
-    upstream = conversations.UpstreamChat(gw.client, identity, model, chat_type, config)
-    upstream.create()
-    content = agents.compose_turn(
-        chat.agent, transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES), fresh=True
-    )
-    label = f"{identity.label} {model} chat={upstream.chat_id}"
-    turn = Turn(upstream.post(content, files=files), _translator(chat), label, follow_up=upstream.post)
+    # The upstream side (continue a chat or create one, clean it up later) lives in conversations.py.
+    exchange = gw.conversations.start(identity, chat, model, chat_type, config, files)
+    label = f"{identity.label} {model} chat={exchange.chat_id}{' (continued)' if exchange.continued else ''}"
+    turn = Turn(exchange.events, _translator(chat), label, follow_up=exchange.post,
+                on_complete=lambda done: gw.conversations.complete(exchange, done),
+                on_end=lambda: gw.conversations.settle(exchange))
     try:
         turn.prime()
     except BaseException as exc:

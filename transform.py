@@ -253,7 +253,7 @@ def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> t
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
     text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
-        text = "\n".join(filter(None, [text.strip(), agents.fold_tool_calls(message["tool_calls"])]))
+        text = agents.fold_assistant(text, message["tool_calls"])
     if role in {"tool", "function"}:
         call_id = str(message.get("tool_call_id") or "")
         name = str(message.get("name") or call_names.get(call_id, ""))
