@@ -24,9 +24,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-import agents
 import conversations
 import media
+import replies
 import transform
 from config import ConfigError, Settings, load_settings
 from errors import (
@@ -242,7 +242,7 @@ class Turn:
 
     def _read(self) -> Iterator[list[dict]]:
         """Batches of chunks from the upstream answer (and its corrective turn), then the closing ones."""
-        agent = self.translator if isinstance(self.translator, agents.AgentTranslator) else None
+        agent = self.translator if isinstance(self.translator, replies.AgentTranslator) else None
         while True:
             for event in self._events:
                 batch = self.translator.feed(event)
@@ -336,7 +336,7 @@ def _translator(chat: transform.ChatRequest) -> Any:
     def plain() -> transform.StreamTranslator:
         return transform.StreamTranslator(completion_id, chat.model, created, chat.include_usage, chat.max_tokens)
 
-    return agents.translator_for(chat.agent, plain, lambda: f"call_{uuid.uuid4().hex[:24]}")
+    return replies.translator_for(chat.agent, plain, lambda: f"call_{uuid.uuid4().hex[:24]}")
 
 
 def upload_media(gw: Gateway, identity: Identity, parts: Sequence[media.MediaPart]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from itertools import count
 import pytest
 
 import agents as a
+import replies as r
 import transform as t
 from errors import InvalidRequest, ModelOutputInvalid
 
@@ -135,7 +136,7 @@ def test_history_folding_uses_the_call_format():
 
 
 def scan(text, size, hold=False):
-    scanner = a.CallScanner(hold=hold)
+    scanner = r.CallScanner(hold=hold)
     shown = "".join(scanner.feed(text[i:i + size]) for i in range(0, len(text), size))
     scanner.finish()
     return shown, scanner
@@ -167,7 +168,7 @@ def test_scanner_splits_prose_and_calls_at_any_chunking(answer, prose, blocks, s
 
 
 def test_scanner_holds_only_a_possible_tag_start():
-    scanner = a.CallScanner()
+    scanner = r.CallScanner()
     assert scanner.feed("Hello <tool_c") == "Hello "
     assert scanner.feed("ar") == "<tool_car"
     assert scanner.feed("\n```") == "\n"
@@ -198,13 +199,13 @@ def test_hold_sends_nothing_until_the_end():
     ("I would call the weather tool", [("", None, ["this block is not a JSON call: I would call the weather tool"])]),
 ])
 def test_parse_calls(block, calls):
-    got = [(c.name, c.arguments, c.problems) for c in a.parse_calls([block], spec())]
+    got = [(c.name, c.arguments, c.problems) for c in r.parse_calls([block], spec())]
     assert got == calls
 
 
 def test_named_choice_rejects_other_functions():
     forced = spec(tool_choice={"type": "function", "function": {"name": "get_time"}})
-    [call] = a.parse_calls([call_text()], forced)
+    [call] = r.parse_calls([call_text()], forced)
     assert call.problems == ["this reply must call get_time, not get_weather"] and not call.known
 
 
@@ -215,7 +216,7 @@ def test_named_choice_rejects_other_functions():
     ('{"city": "Paris"}', [], '{"city": "Paris"}'),
 ])
 def test_bare_json_calls(text, names, rest):
-    calls, prose = a.bare_calls(text, spec())
+    calls, prose = r.bare_calls(text, spec())
     assert [c.name for c in calls] == names and prose == rest
 
 
@@ -224,17 +225,17 @@ def test_bare_json_calls(text, names, rest):
 
 def test_judge_table():
     auto, required = spec(), spec(tool_choice="required")
-    good = a.check_call("get_weather", {"city": "Paris"}, auto)
-    bad = a.check_call("get_weather", {}, auto)
-    assert a.judge("Hi", [], auto, False) == a.Verdict("Hi", [], [])
-    assert a.judge("  ", [good], auto, False).content is None
-    assert a.judge("Checking. ", [good], auto, False).content == "Checking."
-    assert a.judge("", [bad], auto, False).complaint.startswith("Your function call could not be used")
-    assert "must call one of the functions" in a.judge("Hi", [], required, False).complaint
-    assert a.judge("Hi", [], required, True) == a.Verdict("Hi", [], [])  # cut by max_tokens: as it is
+    good = r.check_call("get_weather", {"city": "Paris"}, auto)
+    bad = r.check_call("get_weather", {}, auto)
+    assert r.judge("Hi", [], auto, False) == r.Verdict("Hi", [], [])
+    assert r.judge("  ", [good], auto, False).content is None
+    assert r.judge("Checking. ", [good], auto, False).content == "Checking."
+    assert r.judge("", [bad], auto, False).complaint.startswith("Your function call could not be used")
+    assert "must call one of the functions" in r.judge("Hi", [], required, False).complaint
+    assert r.judge("Hi", [], required, True) == r.Verdict("Hi", [], [])  # cut by max_tokens: as it is
     single = spec(parallel_tool_calls=False)
-    assert len(a.judge("", [good, bad], single, False).calls) == 1
-    assert a.judge("", [good, bad], single, False).problems == []
+    assert len(r.judge("", [good, bad], single, False).calls) == 1
+    assert r.judge("", [good, bad], single, False).problems == []
 
 
 @pytest.mark.parametrize(("fmt", "answer", "content", "problems"), [
@@ -248,7 +249,7 @@ def test_judge_table():
      '{"n": "2"}', '{"n": 2}', []),
 ])
 def test_judge_json(fmt, answer, content, problems):
-    verdict = a.judge(answer, [], a.parse_agent_spec({"response_format": fmt}), False)
+    verdict = r.judge(answer, [], a.parse_agent_spec({"response_format": fmt}), False)
     assert verdict.problems == problems
     if content is not None:
         assert verdict.content == content
@@ -273,7 +274,7 @@ def events(answer, size=4, thinking=""):
 def translator(agent_spec, include_usage=False):
     ids = count(1)
     make = lambda: t.StreamTranslator("chatcmpl-1", "m", 1, include_usage)  # noqa: E731
-    return a.translator_for(agent_spec, make, lambda: f"call_{next(ids)}")
+    return r.translator_for(agent_spec, make, lambda: f"call_{next(ids)}")
 
 
 def run(tr, answers, thinking=""):

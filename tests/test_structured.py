@@ -8,6 +8,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.conftest import API_KEY
+
 MODEL = "qwen3.7-plus"
 ASK = [{"role": "user", "content": "Describe Paris as JSON."}]
 
@@ -77,3 +79,13 @@ def test_json_mode_streams_the_json_once_valid(client, fake):
         model=MODEL, messages=ASK, response_format={"type": "json_object"}, stream=True))
     contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert contents == ['{"a": [1, 2, 3]}'] and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_langchain_with_structured_output(proxy, fake):
+    from langchain_openai import ChatOpenAI
+
+    fake.script('{"name": "Oslo", "population": 700000, "rivers": ["Akerselva"]}')
+    llm = ChatOpenAI(model=MODEL, base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0, timeout=20)
+    assert llm.with_structured_output(City).invoke("Describe Oslo.") == City(
+        name="Oslo", population=700000, rivers=["Akerselva"])
+    assert fake.requests_to("/api/v2/chat/completions")[-1].json["messages"][0]["content"].startswith("Describe Oslo.")
