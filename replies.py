@@ -57,11 +57,29 @@ class CallScanner:
     def __init__(self, hold: bool = False) -> None:
         self.hold = hold
         self.blocks: list[str] = []
-        self.prose = ""  # all prose, sent or not
-        self.sent = 0  # how much of ``prose`` was handed out
+        self.sent = 0  # how much of the prose was handed out
         self.opening: bool | None = None  # does the answer open like bare JSON? None: cannot tell yet
-        self._buf = ""
+        self._prose: list[str] = []  # pieces, joined on demand: answers can be long
+        self._unsent: list[str] = []
+        self._block: list[str] = []  # the call being read
+        self._buf = ""  # text not yet classified (kept short)
         self._state = "text"  # text | call | after
+
+    @property
+    def prose(self) -> str:
+        """All prose so far, sent or not."""
+        if len(self._prose) > 1:
+            self._prose = ["".join(self._prose)]
+        return self._prose[0] if self._prose else ""
+
+    @prose.setter
+    def prose(self, text: str) -> None:
+        self._prose, self._unsent = [text], []
+
+    def add_prose(self, text: str) -> None:
+        if text:
+            self._prose.append(text)
+            self._unsent.append(text)
 
     def feed(self, text: str) -> str:
         """Prose that can be sent now."""
@@ -73,48 +91,24 @@ class CallScanner:
     def finish(self) -> None:
         """End of answer: a call left open still counts, held text becomes prose."""
         if self._state == "call":
-            self.blocks.append(self._buf)
+            self.blocks.append("".join(self._block) + self._buf)
         elif self._state == "text":
-            self.prose += self._buf
-        self._buf, self._state = "", "after"
+            self.add_prose(self._buf)
+        self._buf, self._block, self._state = "", [], "after"
 
     def _release(self) -> str:
-        if self.hold or self.opening is not False:
+        if self.hold or self.opening is not False or not self._unsent:
             return ""  # held whole: a bare JSON call is judged at the end
-        piece, self.sent = self.prose[self.sent:], len(self.prose)
+        piece = "".join(self._unsent)
+        self._unsent.clear()
+        self.sent += len(piece)
         return piece
 
     def _step(self) -> bool:
         if self._state == "text":
-            found = _OPEN.search(self._buf)
-            if found is None:
-                if self.opening is None:
-                    self.opening = _opens_like_json(self._buf)
-                    if self.opening is None:
-                        return False  # the first line decides; until then all of it stays in the buffer
-                keep = self._held_tail(self._buf)
-                self.prose += self._buf[: len(self._buf) - keep]
-                self._buf = self._buf[len(self._buf) - keep:]
-                return False
-            self.opening = self.opening or False
-            before = self._buf[: found.start()]
-            fence = _FENCE_TAIL.search(before)
-            self.prose += before[: fence.start()] if fence else before
-            self._buf, self._state = self._buf[found.end():], "call"
-            return True
+            return self._step_text()
         if self._state == "call":
-            found = _CLOSE.search(self._buf)
-            nested = _OPEN.search(self._buf)
-            if nested is not None and (found is None or nested.start() < found.start()):
-                found = None  # an unclosed block followed by the next one
-                self.blocks.append(self._buf[: nested.start()])
-                self._buf = self._buf[nested.end():]
-                return True
-            if found is None:
-                return False
-            self.blocks.append(self._buf[: found.start()])
-            self._buf, self._state = self._buf[found.end():], "after"
-            return True
+            return self._step_call()
         rest = self._buf.lstrip().removeprefix("```").lstrip()
         if _OPEN.match(rest):
             self._buf, self._state = rest[len(OPEN_TAG):], "call"
@@ -123,9 +117,46 @@ class CallScanner:
             self._buf = ""  # text after the calls: dropped
         return False
 
+    def _step_text(self) -> bool:
+        found = _OPEN.search(self._buf)
+        if found is None:
+            if self.opening is None:
+                self.opening = _opens_like_json(self._buf)
+                if self.opening is None:
+                    return False  # the first line decides; until then all of it stays in the buffer
+            keep = self._held_tail(self._buf)
+            self.add_prose(self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep:]
+            return False
+        self.opening = self.opening or False
+        before = self._buf[: found.start()]
+        fence = _FENCE_TAIL.search(before)
+        self.add_prose(before[: fence.start()] if fence else before)
+        self._buf, self._state = self._buf[found.end():], "call"
+        return True
+
+    def _step_call(self) -> bool:
+        close, nested = _CLOSE.search(self._buf), _OPEN.search(self._buf)
+        if nested is not None and (close is None or nested.start() < close.start()):
+            end, resume = nested.start(), nested.end()  # an unclosed block followed by the next one
+        elif close is not None:
+            end, resume = close.start(), close.end()
+            self._state = "after"
+        else:
+            keep = len(CLOSE_TAG) - 1  # only a possible tag start stays in the buffer
+            if len(self._buf) > keep:
+                self._block.append(self._buf[:-keep])
+                self._buf = self._buf[-keep:]
+            return False
+        self.blocks.append("".join(self._block) + self._buf[:end])
+        self._block, self._buf = [], self._buf[resume:]
+        return True
+
     @staticmethod
     def _held_tail(buf: str) -> int:
         """Length of the end of ``buf`` that could still begin a call (a tag prefix, after a fence line)."""
+        if "<" not in buf[-len(OPEN_TAG):] and "`" not in buf:
+            return 0  # the common case, cheaply
         keep = 0
         lowered = buf[-len(OPEN_TAG):].lower()
         for size in range(min(len(lowered), len(OPEN_TAG) - 1), 0, -1):
@@ -359,7 +390,7 @@ class AgentTranslator:
             if shown:
                 out.append(self._chunk({"content": shown}))
         elif delta.get("content"):
-            self._scanner.prose += delta["content"]  # JSON output only: held whole
+            self._scanner.add_prose(delta["content"])  # JSON output only: held whole
         return out
 
     def conclude(self, can_retry: bool) -> list[dict[str, Any]]:
@@ -436,7 +467,7 @@ class AgentTranslator:
             out.append(self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fn["arguments"]}}]}))
         for chunk in self._closing:
             if chunk["choices"]:
-                delta = dict(chunk["choices"][0]["delta"])
+                delta = {k: v for k, v in chunk["choices"][0]["delta"].items() if k != "role"}
                 reason = "tool_calls" if self.tool_calls else chunk["choices"][0]["finish_reason"]
                 out.append(self._chunk(delta, reason))
             else:
