@@ -190,3 +190,17 @@ def test_text_tool_protocols_pass_through_without_tools(client, fake, stream):
     else:
         message = client.chat.completions.create(model=MODEL, messages=ASK).choices[0].message
         assert message.content == answer and message.tool_calls is None
+
+
+def test_a_model_that_will_not_comply_is_not_the_accounts_fault(make_proxy, fake):
+    from tests.conftest import TOKEN
+    from tests.fake_qwen import make_jwt
+
+    proxy = make_proxy(COOKIE=f"token={TOKEN}|||token={make_jwt('fake-user-0002')}")
+    fake.script("No.", "Still no.", call())
+    with pytest.raises(openai.InternalServerError):
+        proxy.client().chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required")
+    assert len(fake.requests_to("/api/v2/chat/completions")) == 2, "no failover to another account"
+    health = requests.get(proxy.url + "/health", timeout=5).json()
+    assert health["accounts"]["healthy"] == 2
+    assert [a["failed"] for a in health["accounts"]["accounts"]] == [0, 0]
