@@ -91,6 +91,8 @@ class Settings:
     DELETE_CHATS: bool = True
     #: Largest turn body sent to the site, in characters; above ~62,000 it answers with a captcha (§11).
     MAX_TURN_CHARS: int = 60000
+    #: Send context that would make a turn too long as an uploaded text document instead (§7.3).
+    OFFLOAD_CONTEXT: bool = True
 
     @property
     def max_request_bytes(self) -> int:
@@ -195,6 +197,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "MAX_CONVERSATIONS": _positive(int),
     "DELETE_CHATS": _parse_bool,
     "MAX_TURN_CHARS": _positive(int),
+    "OFFLOAD_CONTEXT": _parse_bool,
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

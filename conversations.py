@@ -40,9 +40,12 @@ if TYPE_CHECKING:
     from config import Settings
     from identity_pool import Identity
     from qwen_client import QwenClient
+    from uploads import Uploader
 
 logger = logging.getLogger("qwen2openai.conversations")
 
+#: The document that carries context too long to send inline.
+CONTEXT_FILE = "conversation.txt"
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 #: A continuation attempt that fails with one of these falls back to a fresh chat.
 _STALE_CODES = frozenset({"upstream_http_404", "upstream_bad_request"})
@@ -259,23 +262,25 @@ class UpstreamChat:
         self.chat_id = self.client.create_chat(self.identity, self.model, self.chat_type)
         return self.chat_id
 
-    def payload(
-        self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
-    ) -> dict[str, Any]:
-        """The turn's body, refused before sending when the site would answer it with a captcha (§11)."""
-        payload = transform.completion_payload(
+    def _build(self, content: str, parent_id: str | None, files: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return transform.completion_payload(
             model=self.model, chat_id=self.chat_id or str(uuid.UUID(int=0)), content=content,
             chat_type=self.chat_type, config=self.config, fid=str(uuid.uuid4()), timestamp=int(time.time()),
             parent_id=parent_id, files=files,
         )
-        size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    def size(self, content: str, files: Sequence[Mapping[str, Any]] = ()) -> int:
+        """How long the turn's body would be, as the site's size rule counts it (§11)."""
+        return body_chars(self._build(content, None, files))
+
+    def payload(
+        self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The turn's body, refused before sending when the site would answer it with a captcha (§11)."""
+        payload = self._build(content, parent_id, files)
+        size = body_chars(payload)
         if size > self.max_chars:
-            raise InvalidRequest(
-                f"This conversation is too long for the Qwen site: the turn would be {size:,} characters, above "
-                f"MAX_TURN_CHARS ({self.max_chars:,}); the site answers larger requests with a captcha. "
-                "Shorten or summarise the history, or start a new conversation.",
-                param="messages", code="context_length_exceeded",
-            )
+            raise too_long(size, self.max_chars)
         return payload
 
     def post(
@@ -295,6 +300,48 @@ class UpstreamChat:
         except StopIteration:
             return _resume(None, events)
         return _resume(first, events)
+
+
+def body_chars(payload: Mapping[str, Any]) -> int:
+    """The size the site's rule counts: characters of the body as ``qwen_client`` sends it."""
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+
+def too_long(size: int, limit: int, tried: str = "") -> InvalidRequest:
+    return InvalidRequest(
+        f"This conversation is too long for the Qwen site: the turn would be {size:,} characters, above "
+        f"MAX_TURN_CHARS ({limit:,}); the site answers larger requests with a captcha{tried}. "
+        "Shorten or summarise the history, or start a new conversation.",
+        param="messages", code="context_length_exceeded",
+    )
+
+
+def context_document(messages: Sequence[tuple[str, str]], max_messages: int, whole: bool) -> str:
+    """The text of the uploaded ``conversation.txt``: what it is, then the messages in the turn's own tags."""
+    scope = "up to and including its newest message" if whole else "before its newest message"
+    return (f"This document holds a conversation between a user and you, the assistant, {scope}, oldest "
+            "first, each message in a tag named after its role.\n\n"
+            + transform.flatten_messages(messages, max_messages))
+
+
+def _newest_start(messages: Sequence[tuple[str, str]]) -> int:
+    """Where the newest turn begins: after the last assistant message (else it is the last message)."""
+    last = max((i for i, (role, _) in enumerate(messages) if role == "assistant"), default=-1)
+    return last + 1 if last >= 0 else len(messages) - 1
+
+
+def _can_attach_document(chat: transform.ChatRequest) -> bool:
+    """The site takes audio and video alone, and at most five documents per message (§7.4)."""
+    kinds = [part.kind for part in chat.media]
+    return not {"audio", "video"} & set(kinds) and kinds.count("document") < media.MAX_COUNT["document"]
+
+
+def _pointer(whole: bool) -> str:
+    if whole:
+        return (f"This conversation, up to and including its newest message, is in the attached document "
+                f"{CONTEXT_FILE}. Read it, then reply to its newest message.")
+    return (f"The system instructions and the earlier messages of this conversation are in the attached "
+            f"document {CONTEXT_FILE}. Read it first, then reply to the newest message, which follows.")
 
 
 def _no_events() -> Iterator[dict]:
@@ -334,8 +381,8 @@ class Exchange:
 class Conversations:
     """Where each request's turn goes upstream, and what happens to the chat afterwards."""
 
-    def __init__(self, client: QwenClient, settings: Settings) -> None:
-        self.client, self.settings = client, settings
+    def __init__(self, client: QwenClient, settings: Settings, uploader: Uploader | None = None) -> None:
+        self.client, self.settings, self.uploader = client, settings, uploader
         self.store = ConversationStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS, self._dropped)
         self.janitor = ChatJanitor(client, self.store.sweep)
 
@@ -351,9 +398,9 @@ class Conversations:
         if found is not None and found[1].account == _account(identity):
             count, thread = found
             upstream = UpstreamChat(self.client, identity, model, chat_type, config, s.MAX_TURN_CHARS, thread.chat_id)
-            text = transform.flatten_messages(chat.messages[count:], s.MAX_HISTORY_MESSAGES)
             try:
-                events = upstream.open(agents.compose_turn(chat.agent, text, fresh=False), thread.response_id, files)
+                content, sent = self._fit(identity, chat, upstream, chat.messages[count:], 0, files, fresh=False)
+                events = upstream.open(content, thread.response_id, sent)
                 return Exchange(upstream, events, chat.messages, keys, continued=True)
             except UpstreamError as exc:
                 if not isinstance(exc, ChatNotFound) and exc.code not in _STALE_CODES:
@@ -363,16 +410,53 @@ class Conversations:
         elif found is not None:
             logger.debug("conversation is on another account; starting a new chat")
         upstream = UpstreamChat(self.client, identity, model, chat_type, config, s.MAX_TURN_CHARS)
-        text = agents.compose_turn(chat.agent, transform.flatten_messages(chat.messages, s.MAX_HISTORY_MESSAGES), True)
-        upstream.payload(text, files=files)  # a turn too large for the site is refused before a chat is made
+        # Sized (and earlier context uploaded) before a chat is made for a turn the site would refuse.
+        content, sent = self._fit(identity, chat, upstream, chat.messages, _newest_start(chat.messages), files, True)
         upstream.create()
         exchange = Exchange(upstream, _no_events(), chat.messages, keys, continued=False)
         try:
-            exchange.events = upstream.open(text, files=files)
+            exchange.events = upstream.open(content, files=sent)
         except ProxyError:
             self.settle(exchange)
             raise
         return exchange
+
+    def _fit(
+        self, identity: Identity, chat: transform.ChatRequest, upstream: UpstreamChat,
+        messages: Sequence[tuple[str, str]], split: int, files: Sequence[Mapping[str, Any]], fresh: bool,
+    ) -> tuple[str, list[Mapping[str, Any]]]:
+        """The turn's message and files, within ``MAX_TURN_CHARS``.
+
+        All inline if it fits; else the messages before ``split`` (system prompt
+        and history) go into an uploaded ``conversation.txt`` and only the newest
+        turn stays inline; else the whole turn goes into the document, with only
+        the tool rules and a pointer inline (§7.3, §11).
+        """
+        s = self.settings
+        plans: list[tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]]] = [(messages, ())]
+        if s.OFFLOAD_CONTEXT and self.uploader is not None and _can_attach_document(chat):
+            if 0 < split < len(messages):
+                plans.append((messages[split:], messages[:split]))
+            plans.append(((), messages))
+        sizes: list[int] = []
+        for inline, offloaded in plans:
+            text = transform.flatten_messages(inline, s.MAX_HISTORY_MESSAGES) if inline else ""
+            if offloaded:
+                text = "\n\n".join(filter(None, [_pointer(whole=not inline), text]))
+            content = agents.compose_turn(chat.agent, text, fresh)
+            sizes.append(upstream.size(content, files))
+            if sizes[-1] > s.MAX_TURN_CHARS:
+                continue
+            if not offloaded:
+                return content, list(files)
+            document = context_document(offloaded, s.MAX_HISTORY_MESSAGES, whole=not inline)
+            entry = self.uploader.upload(identity, document.encode(), filename=CONTEXT_FILE,
+                                         content_type="text/plain", kind="document")
+            logger.info("%s: turn above MAX_TURN_CHARS; %d message(s) sent as %s", identity.label,
+                        len(offloaded), CONTEXT_FILE)
+            return content, [*files, entry]
+        tried = f" ({min(sizes):,} even with the conversation in an attached document)" if len(sizes) > 1 else ""
+        raise too_long(sizes[0], s.MAX_TURN_CHARS, tried)
 
     def complete(self, exchange: Exchange, translator: Any) -> None:
         """The turn ended well: remember the conversation, answer included, for the next request."""

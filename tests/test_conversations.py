@@ -120,10 +120,63 @@ def test_a_changed_conversation_starts_a_new_chat(client, fake, changed):
     assert len(fake.requests_to("/api/v2/chats/new")) == 2
 
 
-def test_a_turn_too_large_for_the_site_is_a_clear_400(client, fake):
+def uploaded_text(fake) -> str:
+    [stored] = [o for o in fake.objects.values() if o.grant.filename == cv.CONTEXT_FILE]
+    assert stored.parse_status is not None, "documents are parsed before the turn"
+    return stored.data.decode("utf-8")
+
+
+def test_a_300kb_history_is_offloaded_rather_than_challenged(client, fake):
+    fake.configure(reply=lambda text: "fine")
+    history = [{"role": "system", "content": "You are a careful agent."}]
+    for n in range(30):
+        history += [{"role": "user", "content": f"step {n} " + "u" * 5000},
+                    {"role": "assistant", "content": f"done {n} " + "a" * 5000}]
+    history.append({"role": "user", "content": "And now the summary, please."})
+    assert client.chat.completions.create(model=MODEL, messages=history).choices[0].message.content == "fine"
+    [sent] = fake.requests_to(COMPLETIONS)
+    assert len(sent.body.decode("utf-8")) < 62_000
+    message = sent.json["messages"][0]
+    assert [f["name"] for f in message["files"]] == [cv.CONTEXT_FILE]
+    assert message["content"].endswith("And now the summary, please.") and "step 0" not in message["content"]
+    document = uploaded_text(fake)
+    assert "<system>\nYou are a careful agent.\n</system>" in document and "done 29 " in document
+    assert "And now the summary" not in document
+
+
+def test_a_huge_newest_message_goes_whole_into_the_document(client, fake):
+    fake.configure(answer="read it", parse_polls=0)
+    text = "Please review: " + "x" * 70_000
+    assert client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": text}]).choices[0].message.content == "read it"
+    message = fake.requests_to(COMPLETIONS)[-1].json["messages"][0]
+    assert "up to and including its newest message" in message["content"] and "xxxx" not in message["content"]
+    assert text in uploaded_text(fake)
+
+
+def test_a_huge_tool_result_in_a_continued_chat_is_offloaded_there(client, fake):
+    tool = {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}}}
+    fake.configure(parse_polls=0)
+    fake.script(format_call("read_file", {}), "It is long.")
+    history = []
+    call = ask(client, history, "Read it.", tools=[tool]).tool_calls[0]
+    history.append({"role": "tool", "tool_call_id": call.id, "content": "line\n" * 20_000})
+    assert client.chat.completions.create(model=MODEL, messages=history, tools=[tool]).choices[0].message.content == "It is long."
+    first, second = turns(fake)
+    assert second[0] == first[0] and second[2].startswith("This conversation, up to and including")
+    assert "<tool_response" in uploaded_text(fake)
+
+
+@pytest.mark.parametrize(("settings", "body", "tried"), [
+    ({"OFFLOAD_CONTEXT": False}, {"messages": [{"role": "user", "content": "x" * 70_000}]}, False),
+    ({}, {"messages": [{"role": "user", "content": "hi"}],
+          "tools": [{"type": "function", "function": {"name": "t", "description": "d" * 70_000}}]}, True),
+])
+def test_a_turn_that_cannot_fit_is_a_clear_400(make_proxy, fake, settings, body, tried):
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 70_000}])
+        make_proxy(**settings).client().chat.completions.create(model=MODEL, **body)
     assert info.value.code == "context_length_exceeded" and "MAX_TURN_CHARS" in info.value.message
+    assert ("even with the conversation in an attached document" in info.value.message) is tried
     assert not fake.requests_to("/api/v2/chats/new") and not fake.requests_to(COMPLETIONS)
 
 
