@@ -364,7 +364,6 @@ class Exchange:
 
     upstream: UpstreamChat
     events: Iterator[dict]
-    messages: tuple[tuple[str, str], ...]
     keys: list[str]
     continued: bool
     kept: bool = False
@@ -401,7 +400,7 @@ class Conversations:
             try:
                 content, sent = self._fit(identity, chat, upstream, chat.messages[count:], 0, files, fresh=False)
                 events = upstream.open(content, thread.response_id, sent)
-                return Exchange(upstream, events, chat.messages, keys, continued=True)
+                return Exchange(upstream, events, keys, continued=True)
             except UpstreamError as exc:
                 if not isinstance(exc, ChatNotFound) and exc.code not in _STALE_CODES:
                     raise
@@ -413,7 +412,7 @@ class Conversations:
         # Sized (and earlier context uploaded) before a chat is made for a turn the site would refuse.
         content, sent = self._fit(identity, chat, upstream, chat.messages, _newest_start(chat.messages), files, True)
         upstream.create()
-        exchange = Exchange(upstream, _no_events(), chat.messages, keys, continued=False)
+        exchange = Exchange(upstream, _no_events(), keys, continued=False)
         try:
             exchange.events = upstream.open(content, files=sent)
         except ProxyError:

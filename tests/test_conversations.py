@@ -43,7 +43,7 @@ def test_twenty_turns_continue_one_upstream_chat(client, fake):
     fake.configure(reply=lambda text: f"answer to {text}")
     history = [{"role": "system", "content": "Be brief."}]
     for n in range(20):
-        assert ask(client, history, f"question {n}").content == f"answer to " + (
+        assert ask(client, history, f"question {n}").content == "answer to " + (
             f"question {n}" if n else "<system>\nBe brief.\n</system>\n<user>\nquestion 0\n</user>")
     assert len(fake.requests_to("/api/v2/chats/new")) == 1
     sent = turns(fake)
