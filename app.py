@@ -24,7 +24,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+import conversations
 import media
+import replies
 import transform
 from config import ConfigError, Settings, load_settings
 from errors import (
@@ -63,6 +65,7 @@ class Gateway:
     catalog: ModelCatalog
     uploader: Uploader
     fetcher: RemoteFetcher
+    conversations: conversations.Conversations
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -76,7 +79,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, Uploader(client), fetcher)
+    uploader = Uploader(client)
+    chats = conversations.Conversations(client, settings, uploader)
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats)
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(bp)
@@ -199,39 +204,75 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 
 
 class Turn:
-    """One upstream turn: the site's event stream, its translator, and the account to give back."""
+    """One upstream turn: the site's event stream, its translator, and the account to give back.
 
-    def __init__(self, events: Iterator[dict], translator: transform.StreamTranslator, label: str) -> None:
+    With tools or a JSON ``response_format`` the answer is judged when it is
+    complete; one corrective turn may follow in the same upstream chat
+    (``follow_up(prompt, parent_id)`` posts it) before the client sees a call.
+    """
+
+    def __init__(
+        self, events: Iterator[dict], translator: Any, label: str,
+        follow_up: Callable[[str, str | None], Iterator[dict]] | None = None,
+        on_complete: Callable[[Any], None] | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         self._events, self.translator, self.label = events, translator, label
+        #: A corrective turn into the same chat; the answer done well; the turn over (well or not).
+        self._follow_up, self._on_complete, self._on_end = follow_up, on_complete, on_end
         #: Called once with the outcome when the turn ends: gives the account back.
         self.on_close: Callable[[Exception | None], None] = lambda error: None
         self._pending: list[dict] = []
+        self._batches = self._read()
         self._closed = False
         self._started = time.monotonic()
 
     def prime(self) -> None:
         """Read until the first output, so failures before it still get a real HTTP status."""
-        for event in self._events:
-            self._pending = self.translator.feed(event)
-            if self._pending or self.translator.finished:
+        for batch in self._batches:
+            if batch:
+                self._pending = batch
                 return
-        if not self.translator.has_output:
-            raise EmptyResponse(
-                "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
-            )
 
     def chunks(self) -> Iterator[dict]:
         """OpenAI chunks for the whole answer, the closing ones included."""
         yield from self._pending
         self._pending = []
-        if not self.translator.finished:
+        for batch in self._batches:
+            yield from batch
+
+    def _read(self) -> Iterator[list[dict]]:
+        """Batches of chunks from the upstream answer (and its corrective turn), then the closing ones."""
+        agent = self.translator if isinstance(self.translator, replies.AgentTranslator) else None
+        while True:
             for event in self._events:
-                yield from self.translator.feed(event)
+                batch = self.translator.feed(event)
+                if batch:
+                    yield batch
                 if self.translator.finished:
                     break
+            self._check_answer()
+            if agent is None:
+                break
+            yield agent.conclude(can_retry=self._follow_up is not None)
+            if agent.retry_prompt is None:
+                break
+            logger.info("turn %s: answer broke the %s contract; one corrective turn", self.label,
+                        "tool" if agent.spec.calls_tools else "JSON")
+            self._events.close()
+            self._events = self._follow_up(agent.retry_prompt, agent.response_id)
+            agent.retry()
+        yield self.translator.finish()
+        if self._on_complete is not None:
+            self._on_complete(self.translator)
+
+    def _check_answer(self) -> None:
+        if not self.translator.has_output:
+            raise EmptyResponse(
+                "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
+            )
         if not (self.translator.answer.text or self.translator.answer.pending):
             raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
-        yield from self.translator.finish()
 
     def collect(self) -> dict[str, Any]:
         for _ in self.chunks():
@@ -241,7 +282,10 @@ class Turn:
     def close(self, error: Exception | None = None) -> None:
         if not self._closed:
             self._closed = True
+            self._batches.close()
             self._events.close()
+            if self._on_end is not None:
+                self._on_end()
             self.on_close(error)
             outcome = type(error).__name__ if error else "ok"
             logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
@@ -272,23 +316,28 @@ def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.Model
     model = choice.upstream.id
     config = transform.feature_config(transform.resolve_thinking(choice, chat), chat_type == "search", chat.thinking_budget)
     files = upload_media(gw, identity, chat.media)
-    chat_id = gw.client.create_chat(identity, model, chat_type)
-    payload = transform.completion_payload(
-        model=model, chat_id=chat_id, chat_type=chat_type, config=config,
-        content=transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES),
-        fid=str(uuid.uuid4()), timestamp=int(time.time()), files=files,
-    )
-    translator = transform.StreamTranslator(
-        f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage, chat.max_tokens
-    )
-    label = f"{identity.label} {model} chat={chat_id}"
-    turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, label)
+    # The upstream side (continue a chat or create one, clean it up later) lives in conversations.py.
+    exchange = gw.conversations.start(identity, chat, model, chat_type, config, files)
+    label = f"{identity.label} {model} chat={exchange.chat_id}{' (continued)' if exchange.continued else ''}"
+    turn = Turn(exchange.events, _translator(chat), label, follow_up=exchange.post,
+                on_complete=lambda done: gw.conversations.complete(exchange, done),
+                on_end=lambda: gw.conversations.settle(exchange))
     try:
         turn.prime()
     except BaseException as exc:
         turn.close(exc if isinstance(exc, Exception) else None)
         raise
     return turn
+
+
+def _translator(chat: transform.ChatRequest) -> Any:
+    """The chunk translator of one completion; tools and JSON output wrap the plain one."""
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def plain() -> transform.StreamTranslator:
+        return transform.StreamTranslator(completion_id, chat.model, created, chat.include_usage, chat.max_tokens)
+
+    return replies.translator_for(chat.agent, plain, lambda: f"call_{uuid.uuid4().hex[:24]}")
 
 
 def upload_media(gw: Gateway, identity: Identity, parts: Sequence[media.MediaPart]) -> list[dict[str, Any]]:

@@ -81,6 +81,18 @@ class Settings:
     QWEN_OSS_ENDPOINT: str = ""
     #: Let image/video URLs point at loopback, private, link-local or metadata addresses (tests, trusted LANs).
     ALLOW_PRIVATE_URLS: bool = False
+    #: Send only the new messages into the upstream chat a request continues (§10).
+    CONTINUE_CHATS: bool = True
+    #: Seconds a conversation stays continuable after its last turn; then its chat is deleted.
+    CHAT_TTL: float = 3600.0
+    #: Conversations remembered at most (the oldest are forgotten, and their chats deleted, first).
+    MAX_CONVERSATIONS: int = 1000
+    #: Delete the upstream chats this proxy created once they are no longer needed.
+    DELETE_CHATS: bool = True
+    #: Largest turn body sent to the site, in characters; above ~62,000 it answers with a captcha (§11).
+    MAX_TURN_CHARS: int = 60000
+    #: Send context that would make a turn too long as an uploaded text document instead (§7.3).
+    OFFLOAD_CONTEXT: bool = True
 
     @property
     def max_request_bytes(self) -> int:
@@ -180,6 +192,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ACCOUNT_QUEUE_TIMEOUT": _positive(float),
     "QWEN_OSS_ENDPOINT": _optional_base_url,
     "ALLOW_PRIVATE_URLS": _parse_bool,
+    "CONTINUE_CHATS": _parse_bool,
+    "CHAT_TTL": _positive(float),
+    "MAX_CONVERSATIONS": _positive(int),
+    "DELETE_CHATS": _parse_bool,
+    "MAX_TURN_CHARS": _positive(int),
+    "OFFLOAD_CONTEXT": _parse_bool,
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

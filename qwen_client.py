@@ -25,6 +25,7 @@ import urllib3
 
 import oss
 from errors import (
+    ChatNotFound,
     ContentFiltered,
     EmptyResponse,
     InvalidRequest,
@@ -164,7 +165,7 @@ def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
     if lowered == "invalid_input":
         return InvalidRequest(f"The Qwen site rejected the input ({said}).", code="upstream_invalid_input")
     if lowered == "not_found" or "chat_not_found" in details.lower():
-        return UpstreamError(f"The Qwen site lost the chat of this turn ({said}). Retry.", code="upstream_not_found")
+        return ChatNotFound(f"The Qwen site lost the chat of this turn ({said}). Retry.")
     return UpstreamError(f"The Qwen site refused the request ({said}).", code="upstream_" + lowered[:40])
 
 
@@ -427,6 +428,18 @@ class QwenClient:
             raise UpstreamError("The Qwen site created a chat but returned no id.")
         return chat_id
 
+    def delete_chat(self, identity: Identity, chat_id: str) -> None:
+        """``DELETE /api/v2/chats/<id>`` (§9); a chat that is already gone counts as deleted."""
+        with self._request(identity, "DELETE", f"/api/v2/chats/{chat_id}", stream=True) as resp:
+            if resp.status_code == 204:
+                return
+            body = _read_bounded(resp, MAX_ERROR_BODY)
+            error = _error_for_body(
+                resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
+            )
+        if error is not None and not isinstance(error, ChatNotFound):
+            raise error
+
     def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> Iterator[dict]:
         """Post one turn and yield the site's stream events; raise on any error form (§6).
 
@@ -435,7 +448,7 @@ class QwenClient:
         """
         resp = self._request(
             identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-            json=payload, stream=True, referer=f"/c/{chat_id}",
+            data=encode_body(payload), stream=True, referer=f"/c/{chat_id}",
         )
         try:
             content_type = resp.headers.get("Content-Type", "")
@@ -541,6 +554,15 @@ def oss_error(status: int, body: str) -> ProxyError:
                              code="upstream_upload_refused", retryable=False)
     return UpstreamError(f"Qwen's file storage refused the upload ({code}, HTTP {status}). Retry; if it persists, "
                          "the site changed how uploads are signed.", code="upstream_upload_refused")
+
+
+def encode_body(payload: Mapping[str, Any]) -> bytes:
+    """JSON as the web app's ``JSON.stringify`` sends it: compact, UTF-8 unescaped.
+
+    The site's size rule counts the body (§11); ``\\uXXXX`` escapes would make
+    CJK text six times longer on the wire than in the browser.
+    """
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _events(resp: requests.Response) -> Iterator[dict]:

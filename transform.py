@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import agents
 from errors import InvalidRequest, ModelNotFound
 from media import MediaPart, check_turn, decode_inline, place_media, split_content
 
@@ -195,6 +196,7 @@ class ChatRequest:
     search: bool = False
     max_tokens: int | None = None
     media: tuple[MediaPart, ...] = ()  # the newest user message's images, files, audio, video
+    agent: agents.AgentSpec | None = None  # tools and/or a JSON response_format
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -207,7 +209,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    messages, media = place_media([_parse_message(i, m) for i, m in enumerate(raw_messages)])
+    names = agents.call_names(raw_messages)
+    messages, media = place_media([_parse_message(i, m, names) for i, m in enumerate(raw_messages)])
     check_turn(media)
     if not any(role == "user" for role, _ in messages):
         raise InvalidRequest("'messages' must contain at least one user message.", param="messages")
@@ -216,7 +219,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     n = _optional(body, "n", int, 1)
     if n != 1:
         raise InvalidRequest("Only n=1 is supported: the site returns one answer per turn.", param="n")
-    _check_response_format(body.get("response_format"))
+    agent = agents.parse_agent_spec(body)
     messages, tag = _strip_think_tags(messages)
     return ChatRequest(
         model=model,
@@ -228,18 +231,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
         search=_wants_search(body),
         max_tokens=_max_tokens(body),
         media=tuple(decode_inline(part) for part in media),
+        agent=agent,
     )
-
-
-def _check_response_format(fmt: Any) -> None:
-    """JSON-schema output is not emulated yet: say so in the words LangChain looks for."""
-    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
-        raise InvalidRequest(
-            "'response_format' of type 'json_schema' is not supported with this model yet; "
-            "ask for JSON in the prompt or use {\"type\": \"json_object\"}.",
-            param="response_format",
-            code="unsupported_response_format",
-        )
 
 
 def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -251,7 +244,7 @@ def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     return value
 
 
-def _parse_message(index: int, message: Any) -> tuple[str, str, tuple[MediaPart, ...]]:
+def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> tuple[str, str, tuple[MediaPart, ...]]:
     param = f"messages[{index}]"
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{param} must be an object.", param=param)
@@ -260,19 +253,12 @@ def _parse_message(index: int, message: Any) -> tuple[str, str, tuple[MediaPart,
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
     text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
-        text = "\n".join(filter(None, [text, _describe_tool_calls(message["tool_calls"])]))
+        text = agents.fold_assistant(text, message["tool_calls"])
     if role in {"tool", "function"}:
-        ref = message.get("tool_call_id") or message.get("name") or ""
-        text = f"[tool result{' ' + str(ref) if ref else ''}]\n{text}"
+        call_id = str(message.get("tool_call_id") or "")
+        name = str(message.get("name") or call_names.get(call_id, ""))
+        return ("tool", agents.fold_tool_result(name, call_id, text), media)
     return ("system" if role == "developer" else role, text, media)
-
-
-def _describe_tool_calls(calls: Any) -> str:
-    lines = []
-    for call in calls if isinstance(calls, list) else []:
-        fn = call.get("function", {}) if isinstance(call, Mapping) else {}
-        lines.append(f"[called tool {fn.get('name', '?')} with {fn.get('arguments', '{}')}]")
-    return "\n".join(lines)
 
 
 def _strip_think_tags(messages: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], bool | None]:
@@ -337,15 +323,16 @@ def flatten_messages(messages: Sequence[tuple[str, str]], max_messages: int) -> 
     """Fold system prompt and history into the one user message the site accepts (§5.3).
 
     A lone user message goes as it is. Otherwise every message is wrapped in a
-    tag named after its role, so the model can tell turns apart; system text is
-    always kept and only the newest ``max_messages`` other messages are.
+    tag named after its role, so the model can tell turns apart; tool results
+    are already ``<tool_response>`` blocks. System text is always kept and only
+    the newest ``max_messages`` other messages are.
     """
     system = [text for role, text in messages if role == "system" and text]
     turns = [(role, text) for role, text in messages if role != "system"][-max_messages:]
     if not system and len(turns) == 1 and turns[0][0] == "user":
         return turns[0][1]
     parts = [f"<system>\n{text}\n</system>" for text in system]
-    parts += [f"<{role}>\n{text}\n</{role}>" for role, text in turns]
+    parts += [text if role == "tool" else f"<{role}>\n{text}\n</{role}>" for role, text in turns]
     return "\n".join(parts)
 
 

@@ -61,6 +61,7 @@ class ProxyServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self.app.extensions["qwen2openai"].conversations.close()
         self.app.extensions["qwen2openai"].pool.close()
 
     def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fake_qwen_agents import SCRIPT_ROUTES, ScriptedReplies
 from tests.fake_qwen_auth import AUTH_ROUTES, AuthMixin
 from tests.fake_qwen_wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
@@ -171,6 +172,7 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/__fake__/reset", "ctl_reset", "control"),
     _Route("GET", "/__fake__/requests", "ctl_requests", "control"),
     *(_Route(*route) for route in AUTH_ROUTES),
+    *(_Route(*row) for row in SCRIPT_ROUTES),
 ) + tuple(_Route(*route) for route in UPLOAD_ROUTES)
 
 
@@ -193,7 +195,7 @@ class _AbruptDisconnect(ConnectionAbortedError):
 # ---------------------------------------------------------------- the site
 
 
-class FakeQwen(AuthMixin, UploadsMixin):
+class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies):
     """The emulated site: routes, state, request log and stream bookkeeping."""
 
     def __init__(self, scenario: Scenario | None = None) -> None:
@@ -215,6 +217,7 @@ class FakeQwen(AuthMixin, UploadsMixin):
         self._release = threading.Event()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
         self._reset_uploads()
+        self._init_script()
 
     # -- control --------------------------------------------------------
 
@@ -239,6 +242,7 @@ class FakeQwen(AuthMixin, UploadsMixin):
             self._stops.clear()
             self._fault_hits = 0
             self._reset_uploads()
+        self._clear_script()
         self.release_stalls()
 
     def release_stalls(self) -> None:
@@ -496,6 +500,7 @@ class FakeQwen(AuthMixin, UploadsMixin):
 
     def _start_turn(self, scenario: Scenario, chat: dict, body: dict, message: dict) -> Response:
         """Accepts the turn: records it in the chat, then streams it."""
+        scenario = self._scripted(scenario)
         features = message.get("feature_config") if isinstance(message.get("feature_config"), dict) else {}
         model_id = body.get("model") or chat["model"]
         meta = _model_meta(_models(scenario.models), model_id)

@@ -98,7 +98,9 @@ def _body(**kw):
     (_body(thinking_budget=-1), "thinking_budget"),
     (_body(max_tokens=0), "max_tokens"),
     (_body(max_completion_tokens="9"), "max_completion_tokens"),
-    (_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}), "response_format"),
+    (_body(response_format={"type": "xml"}), "response_format"),
+    (_body(tools=[{"type": "function", "function": {"description": "no name"}}]), "tools[0].function.name"),
+    (_body(tool_choice="required"), "tool_choice"),
     (_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x"}}]}]),
      "messages[0].content[0]"),
 ])
@@ -202,7 +204,10 @@ def test_text_parts_are_joined_and_tool_history_kept():
         {"role": "user", "content": "thanks"},
     ]))
     assert chat.messages[0] == ("system", "rule 1\nrule 2")
-    assert "get" in chat.messages[2][1] and "sunny" in chat.messages[3][1]
+    assert chat.messages[2] == ("assistant", '<tool_call>\n{"name": "get", "arguments": {}}\n</tool_call>')
+    assert chat.messages[3] == ("tool", '<tool_response name="get" tool_call_id="call_1">\nsunny\n</tool_response>')
+    text = t.flatten_messages(chat.messages, 10)
+    assert '</assistant>\n<tool_response name="get" tool_call_id="call_1">\nsunny\n</tool_response>\n<user>' in text
 
 
 # ----------------------------------------------------------------- payloads
@@ -351,11 +356,12 @@ def test_openai_usage(usage, expected):
             u["completion_tokens_details"]["reasoning_tokens"]) == expected
 
 
-def test_json_schema_refusal_uses_the_words_langchain_checks():
-    with pytest.raises(InvalidRequest) as info:
-        t.parse_chat_request(_body(response_format={"type": "json_schema", "json_schema": {}}))
-    assert "'response_format' of type 'json_schema' is not supported with this model" in info.value.message
-    assert t.parse_chat_request(_body(response_format={"type": "json_object"})).model == "qwen3.7-plus"
+def test_response_formats_are_accepted():
+    assert t.parse_chat_request(_body(response_format={"type": "text"})).agent is None
+    assert t.parse_chat_request(_body(response_format={"type": "json_object"})).agent.output.kind == "json_object"
+    spec = t.parse_chat_request(_body(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}})).agent
+    assert (spec.output.kind, spec.output.name, spec.output.strict) == ("json_schema", "x", True)
 
 
 def test_max_tokens_cuts_the_answer_with_length():
