@@ -229,7 +229,7 @@ class Turn:
                 yield from self.translator.feed(event)
                 if self.translator.finished:
                     break
-        if not (self.translator.answer.text or self.translator.answer.pending):
+        if not self.translator.has_answer:
             raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
         yield from self.translator.finish()
 
