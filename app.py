@@ -25,6 +25,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 import conversations
+import generation
 import media
 import replies
 import transform
@@ -48,8 +49,13 @@ logger = logging.getLogger("qwen2openai")
 bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health", "POST /refresh-token"]
-_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "token_store", "config", "transform", "uploads", "fetch")
+ENDPOINTS = [
+    "GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "POST /v1/images/generations",
+    "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
+    "POST /refresh-token",
+]
+_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "token_store", "config", "transform", "uploads", "fetch",
+                "cdn", "qwen_generation")
 
 
 # --------------------------------------------------------------------------- app
@@ -85,6 +91,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(bp)
+    from generation_routes import bp as generation_bp  # it builds on this module's helpers, so it is imported late
+
+    app.register_blueprint(generation_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
@@ -271,7 +280,7 @@ class Turn:
             raise EmptyResponse(
                 "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
             )
-        if not (self.translator.answer.text or self.translator.answer.pending):
+        if not self.translator.has_answer:
             raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
 
     def collect(self) -> dict[str, Any]:
@@ -501,6 +510,10 @@ def get_model(model_id: str) -> Response:
 def chat_completions() -> Response:
     identity = authenticate()
     chat = transform.parse_chat_request(_json_body())
+    if generation.generation_kind(chat.model) and not _is_site_model(chat.model):  # -image, -image_edit, -video
+        from generation_routes import generation_chat
+
+        return generation_chat(chat, identity)
     gw = gateway()
     models = _models()
     choice = transform.resolve_model(chat.model, models, gw.settings.DEFAULT_MODEL)
@@ -523,6 +536,10 @@ def chat_completions() -> Response:
 def _models() -> list[transform.ModelInfo]:
     gw = gateway()
     return gw.catalog.get(gw.pool.identities[0] if len(gw.pool) else None)
+
+
+def _is_site_model(model_id: str) -> bool:
+    return any(m.id.lower() == model_id.strip().lower() for m in _models())
 
 
 def _json_body() -> Any:

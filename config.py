@@ -93,6 +93,19 @@ class Settings:
     MAX_TURN_CHARS: int = 60000
     #: Send context that would make a turn too long as an uploaded text document instead (§7.3).
     OFFLOAD_CONTEXT: bool = True
+    #: Hosts generated images and videos may be downloaded from, besides QWEN_BASE_URL's (§1.1).
+    MEDIA_HOSTS: tuple[str, ...] = ("cdn.qwenlm.ai",)
+    #: Largest generated file the proxy downloads (b64_json images, relayed videos).
+    MEDIA_MAX_MB: float = 50.0
+    MEDIA_DOWNLOAD_TIMEOUT: float = 60.0
+    #: Pause between read-backs of a generated result, and between fetches of a file the CDN does not serve yet.
+    MEDIA_RETRY_DELAY: float = 0.8
+    VIDEO_POLL_INTERVAL: float = 10.0
+    #: Give up on a video task after this long (measured: 93-343 s per clip).
+    VIDEO_TIMEOUT: float = 900.0
+    #: How long a non-stream chat request waits for its video before answering with the id to poll;
+    #: below the usual 60 s idle limit of proxies and CDNs in front of this service.
+    VIDEO_SYNC_WAIT: float = 50.0
 
     @property
     def max_request_bytes(self) -> int:
@@ -147,6 +160,22 @@ def _non_negative(value: Any) -> int:
     return number
 
 
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    return tuple(h.lower() for h in _parse_list(",")(value))
+
+
 def _port(value: Any) -> int:
     port = _positive(int)(value)
     if port > 65535:
@@ -198,6 +227,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "DELETE_CHATS": _parse_bool,
     "MAX_TURN_CHARS": _positive(int),
     "OFFLOAD_CONTEXT": _parse_bool,
+    "MEDIA_HOSTS": _hosts,
+    "MEDIA_MAX_MB": _positive(float),
+    "MEDIA_DOWNLOAD_TIMEOUT": _positive(float),
+    "MEDIA_RETRY_DELAY": _non_negative_number,
+    "VIDEO_POLL_INTERVAL": _positive(float),
+    "VIDEO_TIMEOUT": _positive(float),
+    "VIDEO_SYNC_WAIT": _non_negative_number,
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

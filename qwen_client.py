@@ -120,6 +120,8 @@ class SSEDecoder:
 _WAF_MARKERS = ("aliyun_waf", "aliyuncaptcha", "captcha", "人机验证", "安全验证", "punish", "x5sec", "baxia")
 _CHALLENGE_CODES = ("FAIL_SYS_USER_VALIDATE", "RGV587")
 _RATE_CODES = {"ratelimited", "quota_limit", "quotalimited", "parallellimited"}
+#: Details that make a rate-limit code mean passing overload, not a spent quota of ``num`` hours (§8.1).
+_BUSY_MARKERS = ("访问量较大", "稍后再试", "try again later", "too many requests")
 
 
 def looks_like_waf(text: str) -> bool:
@@ -153,7 +155,8 @@ def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
             "from a logged-in browser into the configuration."
         )
     if lowered in _RATE_CODES:
-        hours = num if isinstance(num, (int, float)) and num > 0 else None
+        busy = any(marker in details.lower() for marker in _BUSY_MARKERS)
+        hours = num if isinstance(num, (int, float)) and num > 0 and not busy else None
         wait = f"about {hours:g} hour(s)" if hours else "a minute"
         return RateLimited(
             f"The Qwen site rate-limited this account ({said}). Retry after {wait}, or add accounts.",
@@ -249,6 +252,11 @@ def _error_for_body(status: int, content_type: str, body: bytes, actual: str | N
     try:
         obj = json.loads(text)
     except ValueError:
+        if text.startswith("data:"):  # a refusal sent as its only stream event (§6.7)
+            frames = SSEDecoder().iter_payloads([body])
+            errors = (_error_for_body(status, content_type, frame, actual) for frame in frames)
+            return next((e for e in errors if e is not None), None) or UpstreamError(
+                "The Qwen site answered with an event stream where a JSON answer was expected.")
         if looks_like_waf(text):
             return challenge_error("WAF verification page")
         kind = "an HTML page" if _is_html(text) else f"non-JSON text ({content_type or 'no content type'})"

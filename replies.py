@@ -363,6 +363,10 @@ class AgentTranslator:
         return self.inner.has_output
 
     @property
+    def has_answer(self) -> bool:
+        return self.inner.has_answer
+
+    @property
     def answer(self) -> Any:
         return self.inner.answer
 

@@ -20,6 +20,9 @@ from media import MediaPart, check_turn, decode_inline, place_media, split_conte
 # --------------------------------------------------------------------------- models
 
 THINKING_SUFFIX, FAST_SUFFIX, SEARCH_SUFFIX = "-thinking", "-fast", "-search"
+#: Generation variants (suffix, the site's chat type); served by ``generation`` and ``generation_routes`` (§8).
+MEDIA_SUFFIXES = (("-image", "t2i"), ("-image_edit", "image_edit"), ("-video", "t2v"))
+MEDIA_SUFFIX_ALIASES = (("-image-edit", "image_edit"),)  # accepted, not listed
 #: OpenAI model names that clients send by default; they map to the default model.
 OPENAI_ALIASES = frozenset({
     "gpt-3.5-turbo", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini",
@@ -37,11 +40,14 @@ class ModelInfo:
     thinking: bool = False
     search: bool = False
     vision: bool = False
+    #: Generation chat types the model offers (``t2i``, ``image_edit``, ``t2v``), from its ``chat_type`` list.
+    generates: frozenset[str] = frozenset()
 
 
 #: Served by ``/v1/models`` only when the site's list cannot be fetched.
 BUILTIN_MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True,
+              generates=frozenset({"t2i", "image_edit", "t2v"})),  # as in the models fixture
     ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.7-max", "Qwen3.7-Max", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.6-plus", "Qwen3.6-Plus", thinking=True, search=True, vision=True),
@@ -85,6 +91,7 @@ def _model_info(item: Mapping[str, Any]) -> ModelInfo:
         thinking=able("thinking"),
         search="search" in chat_types or caps.get("search") is True,
         vision=able("vision"),
+        generates=frozenset(kind for _, kind in MEDIA_SUFFIXES if kind in chat_types),
     )
 
 
@@ -95,6 +102,7 @@ def model_variants(model: ModelInfo) -> list[str]:
     ids += [model.id + m for m in modes]
     if model.search:
         ids += [model.id + SEARCH_SUFFIX] + [model.id + m + SEARCH_SUFFIX for m in modes]
+    ids += [model.id + suffix for suffix, kind in MEDIA_SUFFIXES if kind in model.generates]
     return ids
 
 
@@ -558,8 +566,13 @@ class StreamTranslator:
 
     @property
     def has_output(self) -> bool:
-        texts = (self.answer.text, self.reasoning.text, self.summary.text)
-        return any(texts) or self.answer.pending or self.reasoning.pending
+        """Anything at all for the client: thinking or an answer (subclasses widen ``has_answer``)."""
+        return self.has_answer or bool(self.reasoning.text or self.summary.text or self.reasoning.pending)
+
+    @property
+    def has_answer(self) -> bool:
+        """Whether the turn produced an answer (thinking alone is not one)."""
+        return bool(self.answer.text or self.answer.pending)
 
     @property
     def reasoning_text(self) -> str:

@@ -48,11 +48,15 @@ from tests.fake_qwen_wire import (
     _model_meta, _models, _new_turn, _ok, _profile_record, _rid, _settings_record, _Turn, _turn_events,
     _turn_switches, _Writer, _x5sec_body,
 )
+from tests.fake_qwen_media_out import (
+    MEDIA_CHAT_TYPES, MEDIA_OUT_FAULT_ENDPOINTS, MEDIA_OUT_ROUTES, MediaOutSite, MediaOutSwitches, media_out_checks,
+)
 from tests.fake_qwen_uploads import UPLOAD_FAULT_ENDPOINTS, UPLOAD_ROUTES, UploadScenario, UploadsMixin
 
 log = logging.getLogger(__name__)
 
-FAULT_ENDPOINTS = frozenset({"completions", "chats_new", "models", "auths"}) | UPLOAD_FAULT_ENDPOINTS
+FAULT_ENDPOINTS = (frozenset({"completions", "chats_new", "models", "auths"}) | UPLOAD_FAULT_ENDPOINTS
+                   | MEDIA_OUT_FAULT_ENDPOINTS)
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 CHATS_PER_PAGE = 20
 
@@ -61,7 +65,7 @@ CHATS_PER_PAGE = 20
 
 
 @dataclass
-class Scenario(UploadScenario):
+class Scenario(UploadScenario, MediaOutSwitches):
     """Every switch of the emulator; defaults reproduce the real site at its harshest."""
 
     answer: str = "Hello from fake Qwen."
@@ -105,7 +109,7 @@ class Scenario(UploadScenario):
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
             (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
-        ] + self._check_uploads()
+        ] + self._check_uploads() + media_out_checks(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -173,7 +177,7 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("GET", "/__fake__/requests", "ctl_requests", "control"),
     *(_Route(*route) for route in AUTH_ROUTES),
     *(_Route(*row) for row in SCRIPT_ROUTES),
-) + tuple(_Route(*route) for route in UPLOAD_ROUTES)
+) + tuple(_Route(*route) for route in UPLOAD_ROUTES) + tuple(_Route(*route) for route in MEDIA_OUT_ROUTES)
 
 
 # ---------------------------------------------------------------- control flow
@@ -195,7 +199,7 @@ class _AbruptDisconnect(ConnectionAbortedError):
 # ---------------------------------------------------------------- the site
 
 
-class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies):
+class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
     """The emulated site: routes, state, request log and stream bookkeeping."""
 
     def __init__(self, scenario: Scenario | None = None) -> None:
@@ -218,6 +222,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies):
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
         self._reset_uploads()
         self._init_script()
+        self._init_media_out()
 
     # -- control --------------------------------------------------------
 
@@ -242,6 +247,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies):
             self._stops.clear()
             self._fault_hits = 0
             self._reset_uploads()
+            self._init_media_out()
         self._clear_script()
         self.release_stalls()
 
@@ -442,6 +448,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies):
 
     def _h_chat_detail(self, request: Request, scenario: Scenario, chat_id: str) -> Response:
         chat = self._owned_chat(self._user(request), chat_id)
+        self._reveal_media(chat["id"])
         with self._lock:
             messages = copy.deepcopy(chat["messages"])
         return _ok(_chat_detail(chat, messages))
@@ -493,6 +500,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies):
         messages = body.get("messages")
         if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
             return _fail("Bad_Request", "Invalid input too many messages")
+        if messages[0].get("chat_type") in MEDIA_CHAT_TYPES:
+            return self._media_turn(request, scenario, chat, body, messages[0])
         if body.get("stream") is not True:
             return _fail("Bad_Request", INTERNAL_DETAILS)
         refusal = self._files_refusal(request, scenario, messages[0])

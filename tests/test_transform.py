@@ -22,7 +22,8 @@ MODELS = [
 
 def test_models_fixture_parses_with_integer_abilities():
     models = t.parse_upstream_models(json.loads((FIXTURES / "models-v2-response.json").read_text()))
-    assert models == [t.ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", 0, thinking=True, search=True, vision=True)]
+    assert models == [t.ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", 0, thinking=True, search=True, vision=True,
+                                  generates=frozenset({"t2i", "image_edit", "t2v"}))]
 
 
 @pytest.mark.parametrize("payload", [
