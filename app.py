@@ -310,7 +310,8 @@ def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelC
             raise _for_caller(exc, True) from None
         turn.on_close = lambda error: identity.close()
         return turn
-    account, turn = gw.pool.run(lambda ident: start_turn(gw, chat, choice, ident))
+    prefer = gw.conversations.preferred(chat, choice.upstream.id)
+    account, turn = gw.pool.run(lambda ident: start_turn(gw, chat, choice, ident), prefer)
     turn.on_close = lambda error: gw.pool.release(account, error)
     return turn
 

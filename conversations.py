@@ -385,6 +385,17 @@ class Conversations:
         self.store = ConversationStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS, self._dropped)
         self.janitor = ChatJanitor(client, self.store.sweep)
 
+    def preferred(self, chat: transform.ChatRequest, model: str) -> Callable[[Identity], bool] | None:
+        """Which account to prefer for this request: the one holding the conversation it continues."""
+        if not self.settings.CONTINUE_CHATS:
+            return None
+        keys = history_keys(as_history(chat), conversation_seed(model, chat.agent))
+        found = self.store.find(keys, [role for role, _ in chat.messages])
+        if found is None:
+            return None
+        account = found[1].account
+        return lambda identity: _account(identity) == account
+
     def start(
         self, identity: Identity, chat: transform.ChatRequest, model: str, chat_type: str,
         config: Mapping[str, Any], files: Sequence[Mapping[str, Any]] = (),

@@ -214,6 +214,7 @@ class Health:
 
 
 Renewer = Callable[[Identity], dict[str, Any]]
+Preference = Callable[[Identity], bool]
 
 
 class IdentityPool:
@@ -266,8 +267,8 @@ class IdentityPool:
 
     # -- handing out -----------------------------------------------------
 
-    def acquire(self, exclude: Iterable[Identity] = ()) -> Identity:
-        """The next usable account not in ``exclude``, with a token.
+    def acquire(self, exclude: Iterable[Identity] = (), prefer: Preference | None = None) -> Identity:
+        """The next usable account not in ``exclude`` (the ``prefer``-red one if usable), with a token.
 
         Raises 503 (429 when every account is rate limited) with ``Retry-After``
         set to the soonest recovery when no account can take the turn.
@@ -283,7 +284,7 @@ class IdentityPool:
         deadline = time.monotonic() + self.policy.queue_timeout  # real time, whatever the clock says
         with self._lock:
             while True:
-                identity, busy = self._pick(skip)
+                identity, busy = self._pick(skip, prefer)
                 if identity is not None:
                     break
                 wait = deadline - time.monotonic()
@@ -298,11 +299,13 @@ class IdentityPool:
                 raise
         return identity
 
-    def _pick(self, skip: set[int]) -> tuple[Identity | None, bool]:
+    def _pick(self, skip: set[int], prefer: Preference | None = None) -> tuple[Identity | None, bool]:
         """Round-robin choice under the lock; ``busy`` says a slot may free up soon."""
         now, busy, count = self._clock(), False, len(self.identities)
-        for step in range(count):
-            identity = self.identities[(self._next + step) % count]
+        order = [self.identities[(self._next + step) % count] for step in range(count)]
+        if prefer is not None:  # e.g. the account that holds the conversation a request continues
+            order.sort(key=lambda identity: not prefer(identity))
+        for identity in order:
             health = self._health[id(identity)]
             if id(identity) in skip:
                 continue
@@ -315,7 +318,7 @@ class IdentityPool:
                 health.trial = True  # half-open: this turn decides whether it returns
                 logger.info("%s: cool-down over, trying it again", identity.label)
             health.in_flight += 1
-            self._next = (self._next + step + 1) % count
+            self._next = (self.identities.index(identity) + 1) % count
             return identity, False
         return None, busy
 
@@ -389,7 +392,7 @@ class IdentityPool:
         health.trips += 1
         health.state, health.cooldown_until = "down", now + pause
 
-    def run(self, start: Callable[[Identity], T]) -> tuple[Identity, T]:
+    def run(self, start: Callable[[Identity], T], prefer: Preference | None = None) -> tuple[Identity, T]:
         """Start a turn on some account, renewing a refused token and failing over before output.
 
         Returns the account (still acquired: release it when the turn ends) and
@@ -400,7 +403,7 @@ class IdentityPool:
         empties = 0
         for _ in range(1 + self.policy.failover_retries):
             try:
-                identity = self.acquire(exclude=tried)
+                identity = self.acquire(exclude=tried, prefer=prefer)
             except ProxyError:
                 if last is not None:  # no other account left: the client hears the real failure
                     raise last from None

@@ -73,7 +73,7 @@ def test_deleted_chat_falls_back_to_a_fresh_chat_with_the_history(client, fake, 
     assert len(fake.requests_to("/api/v2/chats/new")) == 2
 
 
-def test_a_conversation_is_never_continued_on_another_account(make_proxy, fake):
+def test_a_conversation_stays_on_its_account_while_others_take_new_ones(make_proxy, fake):
     second = make_jwt("fake-user-0002")
     proxy = make_proxy(COOKIE=f"token={TOKEN}|||token={second}")
     client = proxy.client()
@@ -82,10 +82,27 @@ def test_a_conversation_is_never_continued_on_another_account(make_proxy, fake):
     for text in ("a", "b", "c"):
         assert ask(client, history, text).content == "ok"
     sent = turns(fake)
-    # Round robin alternates the accounts, so each turn starts a chat on its own account with the history.
-    assert len(sent) == 3 and len({chat for chat, _, _ in sent}) == 3
-    assert all(parent is None for _, parent, _ in sent) and "<user>\nb\n</user>" in sent[2][2]
-    assert [fake.chats[chat]["owner"] for chat, _, _ in sent] == ["fake-user-0001", "fake-user-0002", "fake-user-0001"]
+    # The pool prefers the account that holds the conversation: one upstream chat, continued.
+    assert len({chat for chat, _, _ in sent}) == 1 and [p is None for _, p, _ in sent] == [True, False, False]
+    other = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "new topic"}])
+    assert other.choices[0].message.content == "ok"
+    owners = [fake.chats[chat]["owner"] for chat, _, _ in turns(fake)]
+    assert owners[:3] == ["fake-user-0001"] * 3 and owners[3] == "fake-user-0002"  # round robin goes on
+
+
+def test_a_conversation_is_never_continued_on_another_account(make_proxy, fake):
+    second = make_jwt("fake-user-0002")
+    proxy = make_proxy(COOKIE=f"token={TOKEN}|||token={second}")
+    client = proxy.client()
+    fake.configure(reply=lambda text: "ok")
+    history = []
+    assert ask(client, history, "a").content == "ok"
+    fake.configure(reply=lambda text: "ok", account_faults={"fake-user-0001": "x5sec"})
+    assert ask(client, history, "b").content == "ok"  # its account is challenged: a new chat elsewhere
+    first, refused, moved = turns(fake)
+    assert refused[0] == first[0] and refused[1] is not None  # the continuation was tried first
+    assert moved[0] != first[0] and moved[1] is None and "<user>\na\n</user>" in moved[2]
+    assert fake.chats[moved[0]]["owner"] == "fake-user-0002"
 
 
 def test_tool_results_continue_the_chat_with_only_the_new_messages(client, fake):

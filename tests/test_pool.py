@@ -387,3 +387,16 @@ def test_a_damaged_file_falls_back_to_the_backup(tmp_path):
     store.save({"k": {"token": "two"}})  # "one" is now the backup
     path.write_text('{"version": 1, "accou')  # torn by something outside our control
     assert store.load() == {"k": {"token": "one"}}
+
+
+def test_a_preferred_account_is_chosen_while_usable():
+    pool = make_pool(3)
+    prefer = lambda identity: identity.label == "account-3"  # noqa: E731
+    picked = []
+    for _ in range(2):
+        account = pool.acquire(prefer=prefer)
+        picked.append(account.label)
+        pool.release(account)
+    pool.release(pool.acquire(prefer=prefer), UpstreamAuthError("x"))  # account-3 goes down
+    picked.append(pool.acquire(prefer=prefer).label)
+    assert picked == ["account-3", "account-3", "account-1"]
