@@ -49,6 +49,8 @@ T = TypeVar("T")
 
 #: Peers read a chat back 5 times for an image the stream did not name (§8.1).
 READBACK_TRIES = 5
+#: The site's feature quotas (§11): spending one pauses only that feature on the account.
+IMAGE_QUOTA, VIDEO_QUOTA = "images", "videos"
 #: Fetches of a generated file while the CDN still answers "not found" (§8.1).
 DOWNLOAD_TRIES = 5
 #: Consecutive failed status polls tolerated before a video wait gives up.
@@ -189,21 +191,25 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
             raise
         return turn
 
-    account, turn = on_account(gw, identity, start)
+    account, turn = on_account(gw, identity, start, IMAGE_QUOTA)
     if identity is not None:
         turn.on_close = lambda error: account.close()
-    else:
-        turn.on_close = lambda error: gw.pool.release(account, error)  # the pool learns quota answers here
+    else:  # the pool learns quota answers here: they pause image turns on the account, not chat
+        turn.on_close = lambda error: gw.pool.release(account, error, IMAGE_QUOTA)
     return turn
 
 
-def on_account(gw: Gateway, identity: Identity | None, start: Callable[[Identity], T]) -> tuple[Identity, T]:
+def on_account(
+    gw: Gateway, identity: Identity | None, start: Callable[[Identity], T], quota: str,
+) -> tuple[Identity, T]:
     """Run ``start`` on the caller's own account, or on the pool's with its failover (as chat turns do).
 
-    A pool account comes back still acquired: the caller releases it.
+    ``quota`` names the site's feature quota the turn spends (``images``,
+    ``videos``): accounts that spent it are skipped, others keep chatting. A
+    pool account comes back still acquired: the caller releases it.
     """
     if identity is None:
-        return gw.pool.run(start)
+        return gw.pool.run(start, feature=quota)
     try:
         return identity, start(identity)
     except ProxyError as exc:
@@ -329,7 +335,7 @@ def submit_video(st: Studio, choice: generation.GenerationChoice, prompt: str, r
                                 code="upstream_no_task")
         return task_id
 
-    account, task_id = on_account(gw, identity, start)
+    account, task_id = on_account(gw, identity, start, VIDEO_QUOTA)
     if identity is None:
         gw.pool.release(account, None)  # status polls are reads; they do not hold the account
     logger.info("video task %s submitted on %s (%s)", task_id, account.label, kind)

@@ -211,6 +211,12 @@ class Health:
     ok: int = 0
     failed: int = 0
     next_refresh: float = 0.0  # earliest next proactive renewal attempt
+    #: Spent feature quotas (``t2i``, ``t2v``…) → when they return; the account still chats meanwhile.
+    quota_until: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _copy(health: Health) -> Health:
+    return dataclasses.replace(health, quota_until=dict(health.quota_until))
 
 
 Renewer = Callable[[Identity], dict[str, Any]]
@@ -263,15 +269,19 @@ class IdentityPool:
 
     def health(self, identity: Identity) -> Health:
         with self._lock:
-            return dataclasses.replace(self._health[id(identity)])
+            return _copy(self._health[id(identity)])
 
     # -- handing out -----------------------------------------------------
 
-    def acquire(self, exclude: Iterable[Identity] = (), prefer: Preference | None = None) -> Identity:
+    def acquire(
+        self, exclude: Iterable[Identity] = (), prefer: Preference | None = None, feature: str | None = None,
+    ) -> Identity:
         """The next usable account not in ``exclude`` (the ``prefer``-red one if usable), with a token.
 
         Raises 503 (429 when every account is rate limited) with ``Retry-After``
-        set to the soonest recovery when no account can take the turn.
+        set to the soonest recovery when no account can take the turn. With a
+        ``feature`` (image or video generation), accounts whose quota for it is
+        spent are skipped too.
         """
         if not self.identities:
             raise ServiceUnavailable(
@@ -284,12 +294,12 @@ class IdentityPool:
         deadline = time.monotonic() + self.policy.queue_timeout  # real time, whatever the clock says
         with self._lock:
             while True:
-                identity, busy = self._pick(skip, prefer)
+                identity, busy = self._pick(skip, prefer, feature)
                 if identity is not None:
                     break
                 wait = deadline - time.monotonic()
                 if not busy or wait <= 0:
-                    raise self._unavailable(skip, busy)
+                    raise self._unavailable(skip, busy, feature)
                 self._freed.wait(min(wait, 1.0))
         if not identity.token:
             try:
@@ -299,7 +309,9 @@ class IdentityPool:
                 raise
         return identity
 
-    def _pick(self, skip: set[int], prefer: Preference | None = None) -> tuple[Identity | None, bool]:
+    def _pick(
+        self, skip: set[int], prefer: Preference | None = None, feature: str | None = None,
+    ) -> tuple[Identity | None, bool]:
         """Round-robin choice under the lock; ``busy`` says a slot may free up soon."""
         now, busy, count = self._clock(), False, len(self.identities)
         order = [self.identities[(self._next + step) % count] for step in range(count)]
@@ -310,6 +322,8 @@ class IdentityPool:
             if id(identity) in skip:
                 continue
             if health.state == "down" and (now < health.cooldown_until or health.trial):
+                continue
+            if feature is not None and health.quota_until.get(feature, 0.0) > now:
                 continue
             if self.policy.max_concurrency and health.in_flight >= self.policy.max_concurrency:
                 busy = True
@@ -322,9 +336,18 @@ class IdentityPool:
             return identity, False
         return None, busy
 
-    def _unavailable(self, skip: set[int], busy: bool) -> ProxyError:
+    def _unavailable(self, skip: set[int], busy: bool, feature: str | None = None) -> ProxyError:
         now = self._clock()
         down = [(i, h) for i in self.identities if (h := self._health[id(i)]).state == "down" and id(i) not in skip]
+        spent = [h.quota_until[feature] for i in self.identities if id(i) not in skip
+                 and (h := self._health[id(i)]).state != "down" and h.quota_until.get(feature or "", 0.0) > now]
+        if spent and feature is not None:
+            soonest = max(1.0, min(spent) - now)
+            return RateLimited(
+                f"Every usable Qwen account has spent its {feature} quota; the first is back in about "
+                f"{soonest / 60:.0f} min. Retry then, or add accounts.",
+                code="all_accounts_quota_spent", retry_after=soonest,
+            )
         if busy and not down:
             return RateLimited(
                 f"All Qwen accounts are busy (ACCOUNT_MAX_CONCURRENCY={self.policy.max_concurrency}). Retry shortly.",
@@ -345,9 +368,16 @@ class IdentityPool:
 
     # -- learning from outcomes ------------------------------------------
 
-    def release(self, identity: Identity, error: BaseException | None = None) -> None:
-        """Give an account back with the outcome of its turn; this is where health is learned."""
+    def release(self, identity: Identity, error: BaseException | None = None, feature: str | None = None) -> None:
+        """Give an account back with the outcome of its turn; this is where health is learned.
+
+        A rate limit met by a ``feature`` turn (image or video generation) is
+        that feature's quota: only the feature cools down, chat goes on.
+        """
         kind = classify(error)
+        if kind is Failure.RATE_LIMIT and feature is not None:
+            self._spend_quota(identity, feature, error)
+            return
         with self._lock:
             health = self._health.get(id(identity))
             if health is None:
@@ -371,6 +401,20 @@ class IdentityPool:
             logger.info("%s: %s -> %s%s (%s)", identity.label, before, after, detail,
                         kind.value if kind else "success")
 
+    def _spend_quota(self, identity: Identity, feature: str, error: BaseException | None) -> None:
+        pause = max(getattr(error, "retry_after", None) or 0.0, self.policy.cooldown)
+        with self._lock:
+            health = self._health.get(id(identity))
+            if health is None:
+                return
+            health.in_flight = max(0, health.in_flight - 1)
+            health.trial = False
+            health.failed += 1
+            health.last_error = f"{feature}_quota"
+            health.quota_until[feature] = self._clock() + pause
+            self._freed.notify_all()
+        logger.info("%s: %s quota spent; %s paused for %.0f s, chat goes on", identity.label, feature, feature, pause)
+
     def _react(self, health: Health, kind: Failure, error: BaseException, was_trial: bool) -> None:
         """Apply a failure class's reaction (see ``Failure``)."""
         policy, now = self.policy, self._clock()
@@ -392,7 +436,9 @@ class IdentityPool:
         health.trips += 1
         health.state, health.cooldown_until = "down", now + pause
 
-    def run(self, start: Callable[[Identity], T], prefer: Preference | None = None) -> tuple[Identity, T]:
+    def run(
+        self, start: Callable[[Identity], T], prefer: Preference | None = None, feature: str | None = None,
+    ) -> tuple[Identity, T]:
         """Start a turn on some account, renewing a refused token and failing over before output.
 
         Returns the account (still acquired: release it when the turn ends) and
@@ -403,7 +449,7 @@ class IdentityPool:
         empties = 0
         for _ in range(1 + self.policy.failover_retries):
             try:
-                identity = self.acquire(exclude=tried, prefer=prefer)
+                identity = self.acquire(exclude=tried, prefer=prefer, feature=feature)
             except ProxyError:
                 if last is not None:  # no other account left: the client hears the real failure
                     raise last from None
@@ -412,7 +458,7 @@ class IdentityPool:
             try:
                 return identity, self._start(identity, start)
             except ProxyError as exc:
-                self.release(identity, exc)
+                self.release(identity, exc, feature)
                 kind, last = classify(exc), exc
                 if kind is None:
                     raise
@@ -548,7 +594,7 @@ class IdentityPool:
         """Counts and per-account state for ``/health``; masked, never a secret."""
         now = self._clock()
         with self._lock:
-            health = {id(i): dataclasses.replace(self._health[id(i)]) for i in self.identities}
+            health = {id(i): _copy(self._health[id(i)]) for i in self.identities}
         accounts = []
         counts = {"healthy": 0, "degraded": 0, "down": 0}
         for identity in self.identities:
@@ -558,6 +604,7 @@ class IdentityPool:
                 **identity.describe(now), "state": h.state,
                 "cooldown_s": max(0, round(h.cooldown_until - now)) if h.state == "down" else 0,
                 "last_error": h.last_error, "in_flight": h.in_flight, "ok": h.ok, "failed": h.failed,
+                "quota_cooldown_s": {f: round(t - now) for f, t in h.quota_until.items() if t > now},
             })
         return {"total": len(self.identities), **counts, "accounts": accounts}
 

@@ -413,3 +413,18 @@ def test_refusals_before_output_fail_over_to_another_account(make_proxy, fake, r
     assert client.videos.retrieve(video.id).status == "in_progress", "the video's own account is polled"
     owners = {r.cookies["token"] for r in fake.requests_to("/api/v2/chat/completions")}
     assert len(sent_turns(fake)) == 3 and len(owners) == 2
+
+
+def test_a_spent_image_quota_pauses_images_only(client, proxy, fake):
+    fake.configure(media_refusal="quota", media_refusal_times=1, rate_limit_hours=5)
+    with pytest.raises(openai.RateLimitError):
+        client.images.generate(prompt="a fox")
+    answer = client.chat.completions.create(model="qwen3.7-plus", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content, "chat goes on while the image quota is spent"
+    with pytest.raises(openai.RateLimitError) as info:
+        client.images.generate(prompt="another fox")
+    assert info.value.body["code"] == "all_accounts_quota_spent" and "images quota" in info.value.message
+    assert 5 * 3600 - 30 < int(info.value.response.headers["Retry-After"]) <= 5 * 3600
+    health = requests.get(proxy.url + "/health", timeout=5).json()["accounts"]
+    assert health["healthy"] == 1 and health["accounts"][0]["last_error"] == "images_quota"
+    assert len(sent_turns(fake)) == 2  # the refused image turn and the chat turn: nothing more was sent
