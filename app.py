@@ -237,11 +237,18 @@ class Turn:
         self._started = time.monotonic()
 
     def prime(self) -> None:
-        """Read until the first output, so failures before it still get a real HTTP status."""
-        for batch in self._batches:
-            if batch:
-                self._pending = batch
-                return
+        """Read until the first output, so failures before it still get a real HTTP status.
+
+        On failure the turn is closed (upstream response included) and the error raised.
+        """
+        try:
+            for batch in self._batches:
+                if batch:
+                    self._pending = batch
+                    return
+        except BaseException as exc:
+            self.close(exc if isinstance(exc, Exception) else None)
+            raise
 
     def chunks(self) -> Iterator[dict]:
         """OpenAI chunks for the whole answer, the closing ones included."""
@@ -332,11 +339,7 @@ def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.Model
     turn = Turn(exchange.events, _translator(chat), label, follow_up=exchange.post,
                 on_complete=lambda done: gw.conversations.complete(exchange, done),
                 on_end=lambda: gw.conversations.settle(exchange))
-    try:
-        turn.prime()
-    except BaseException as exc:
-        turn.close(exc if isinstance(exc, Exception) else None)
-        raise
+    turn.prime()
     return turn
 
 

@@ -184,11 +184,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
                                                 include_usage)
         events = st.calls.image_events(account, chat_id, payload, READBACK_TRIES, gw.settings.MEDIA_RETRY_DELAY)
         turn = Turn(events, translator, f"{account.label} {choice.upstream.id} {choice.kind} chat={chat_id}")
-        try:
-            turn.prime()
-        except BaseException as exc:
-            turn.close(exc if isinstance(exc, Exception) else None)
-            raise
+        turn.prime()
         return turn
 
     account, turn = on_account(gw, identity, start, IMAGE_QUOTA)
