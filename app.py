@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -25,6 +26,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+import conversations
+import generation
+import media
+import replies
 import transform
 from config import ConfigError, Settings, load_settings
 from errors import (
@@ -37,8 +42,10 @@ from errors import (
     UpstreamAuthError,
     UpstreamError,
 )
+from fetch import RemoteFetcher
 from identity_pool import Identity, IdentityPool
 from qwen_client import AnswerStream, ModelCatalog, QwenClient, new_session
+from uploads import Uploader
 
 __version__ = "0.1.0"
 logger = logging.getLogger("qwen2openai")
@@ -46,8 +53,13 @@ bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PING = b": ping\n\n"
-ENDPOINTS = ["GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "GET /health"]
-_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transform")
+ENDPOINTS = [
+    "GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "POST /v1/images/generations",
+    "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
+    "POST /refresh-token",
+]
+_OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "token_store", "config", "transform", "uploads", "fetch",
+                "cdn", "qwen_generation")
 
 
 # --------------------------------------------------------------------------- app
@@ -55,12 +67,15 @@ _OUR_LOGGERS = ("qwen2openai", "qwen_client", "identity_pool", "config", "transf
 
 @dataclasses.dataclass
 class Gateway:
-    """Everything one app instance owns: settings, accounts, the site client and the model cache."""
+    """Everything one app instance owns: settings, accounts, the site client, the model cache, media I/O."""
 
     settings: Settings
     pool: IdentityPool
     client: QwenClient
     catalog: ModelCatalog
+    uploader: Uploader
+    fetcher: RemoteFetcher
+    conversations: conversations.Conversations
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -71,12 +86,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep OpenAI field order
     app.json.ensure_ascii = False
     client = QwenClient(settings)
-    pool = IdentityPool.from_settings(settings, token_fetcher=client.fetch_token)
+    pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog)
+    fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
+    uploader = Uploader(client)
+    chats = conversations.Conversations(client, settings, uploader)
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats)
     install_redaction(settings)
-    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id"], max_age=600)
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(bp)
+    from generation_routes import bp as generation_bp  # it builds on this module's helpers, so it is imported late
+
+    app.register_blueprint(generation_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
@@ -85,6 +106,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["qwen2openai.admission"] = admission
     if not len(pool):
         logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
+    if settings.AUTO_REFRESH_TOKEN:
+        pool.start_refresher(settings.TOKEN_REFRESH_CHECK_SECONDS)
     return app
 
 
@@ -301,16 +324,30 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 
 
 class Turn:
-    """One upstream turn: the site's answer stream, its translator, and the account to give back."""
+    """One upstream turn: the site's answer stream, its translator, and the account to give back.
+
+    With tools or a JSON ``response_format`` the answer is judged when it is
+    complete; one corrective turn may follow in the same upstream chat
+    (``follow_up(prompt, parent_id)`` posts it) before the client sees a call.
+    Answers are read through an :class:`AnswerStream`, so reading can wait with a
+    timeout: while the site is silent, keep-alives can go out (see ``batches``).
+    """
 
     def __init__(
-        self, stream: AnswerStream, translator: transform.StreamTranslator,
-        release: Callable[[Exception | None], None], label: str,
+        self, events: Iterator[dict], translator: Any, label: str,
+        follow_up: Callable[[str, str | None], Iterator[dict]] | None = None,
+        on_complete: Callable[[Any], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
-        self._stream, self.translator, self._release, self.label = stream, translator, release, label
+        self._events, self.translator, self.label = _answer_stream(events, label), translator, label
+        #: A corrective turn into the same chat; the answer done well; the turn over (well or not).
+        self._follow_up, self._on_complete, self._on_end = follow_up, on_complete, on_end
+        #: Called once with the outcome when the turn ends: gives the account back.
+        self.on_close: Callable[[Exception | None], None] = lambda error: None
         self._pending: list[dict] = []
-        self._ended = False  # the site's answer has been read to its end
+        self._heartbeat: float | None = None  # seconds without a chunk that make a keep-alive; None = wait
         self._waiting = False  # prime() gave up waiting: the stream starts before any output
+        self._batches = self._read()
         self._closed = False
         self._started = time.monotonic()
 
@@ -318,22 +355,22 @@ class Turn:
         """Read until the first output, so failures before it still get a real HTTP status.
 
         ``wait`` bounds this for streams: after that many seconds without output the
-        stream starts anyway (200, then keep-alive pings), and a later failure
-        becomes an error event instead.
+        stream starts anyway (200, then keep-alive pings), and a later failure becomes
+        an error event instead. On failure the turn is closed (upstream response
+        included) and the error raised.
         """
-        deadline = None if wait is None else time.monotonic() + wait
-        while not (self._pending or self._ended or self.translator.finished):
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            events = self._stream.get(timeout)
-            if events is None:
-                self._waiting = True
-                return
-            self._ended = not events
-            self._pending = self._translate(events)
-        if self._ended and not self.translator.has_output:
-            raise EmptyResponse(
-                "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
-            )
+        self._heartbeat = wait
+        try:
+            for batch in self._batches:
+                if batch is None:
+                    self._waiting = True
+                    return
+                if batch:
+                    self._pending = batch
+                    return
+        except BaseException as exc:
+            self.close(exc if isinstance(exc, Exception) else None)
+            raise
 
     def batches(self, heartbeat: float | None = None) -> Iterator[list[dict]]:
         """OpenAI chunks for the whole answer, closing ones included, grouped as they arrive.
@@ -341,35 +378,73 @@ class Turn:
         With ``heartbeat``, an empty list comes whenever that many seconds pass without
         a chunk (the caller sends a keep-alive), and first of all if ``prime`` gave up.
         """
+        self._heartbeat = heartbeat
         if self._pending or self._waiting:
             yield self._pending
             self._pending = []
-        deadline = None if heartbeat is None else time.monotonic() + heartbeat
-        while not (self._ended or self.translator.finished):
-            events = self._stream.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if events:
-                chunks = self._translate(events)
-            else:
-                self._ended, chunks = events == [], []  # [] is the end, None a wait that timed out
-            if chunks or (deadline is not None and time.monotonic() >= deadline):
-                yield chunks
-                deadline = None if heartbeat is None else time.monotonic() + heartbeat
-        if not (self.translator.answer.text or self.translator.answer.pending):
-            raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
-        yield self.translator.finish()
-
-    def _translate(self, events: list[dict]) -> list[dict]:
-        feed, chunks = self.translator.feed, []
-        for event in events:
-            chunks += feed(event)
-            if self.translator.finished:
-                break
-        return chunks
+        for batch in self._batches:
+            if batch is None:
+                yield []
+            elif batch:
+                yield batch
 
     def chunks(self) -> Iterator[dict]:
         """OpenAI chunks for the whole answer, the closing ones included."""
         for batch in self.batches():
             yield from batch
+
+    def _read(self) -> Iterator[list[dict] | None]:
+        """Batches of chunks from the upstream answer (and its corrective turn), then the closing ones.
+
+        ``None`` stands for ``heartbeat`` seconds without a chunk.
+        """
+        agent = self.translator if isinstance(self.translator, replies.AgentTranslator) else None
+        while True:
+            yield from self._answer()
+            self._check_answer()
+            if agent is None:
+                break
+            yield agent.conclude(can_retry=self._follow_up is not None)
+            if agent.retry_prompt is None:
+                break
+            logger.info("turn %s: answer broke the %s contract; one corrective turn", self.label,
+                        "tool" if agent.spec.calls_tools else "JSON")
+            self._events.close()
+            self._events = _answer_stream(self._follow_up(agent.retry_prompt, agent.response_id), self.label)
+            agent.retry()
+        yield self.translator.finish()
+        if self._on_complete is not None:
+            self._on_complete(self.translator)
+
+    def _answer(self) -> Iterator[list[dict] | None]:
+        """Chunks of the current upstream answer, the events that arrived together in one batch."""
+        feed, deadline = self.translator.feed, self._deadline()
+        while not self.translator.finished:
+            events = self._events.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if events == []:  # the end; None is a wait that timed out
+                return
+            chunks: list[dict] = []
+            for event in events or ():
+                chunks += feed(event)
+                if self.translator.finished:
+                    break
+            if chunks:
+                yield chunks
+                deadline = self._deadline()
+            elif deadline is not None and time.monotonic() >= deadline:
+                yield None
+                deadline = self._deadline()
+
+    def _deadline(self) -> float | None:
+        return None if self._heartbeat is None else time.monotonic() + self._heartbeat
+
+    def _check_answer(self) -> None:
+        if not self.translator.has_output:
+            raise EmptyResponse(
+                "The Qwen site accepted the turn but sent no answer (often throttling of the account). Retry."
+            )
+        if not self.translator.has_answer:
+            raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
 
     def collect(self) -> dict[str, Any]:
         for _ in self.batches():
@@ -379,47 +454,106 @@ class Turn:
     def close(self, error: Exception | None = None) -> None:
         if not self._closed:
             self._closed = True
-            self._stream.close()
-            self._release(error)
+            self._batches.close()
+            self._events.close()
+            if self._on_end is not None:
+                self._on_end()
+            self.on_close(error)
             outcome = type(error).__name__ if error else "ok"
             logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
 
 
+def _answer_stream(events: Iterator[dict], label: str) -> AnswerStream:
+    """The site's own answer streams as they are; any other source of events (image turns) behind one."""
+    return events if isinstance(events, AnswerStream) else AnswerStream(events=events, label=label)
+
+
 def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity | None) -> Turn:
-    """Create the upstream chat, post the turn and read up to its first output."""
-    owned = identity is not None
-    identity = identity or gw.pool.acquire()
+    """Start the turn on the caller's own account, or on the pool's with failover before output."""
+    if identity is not None:  # client mode: the caller's credentials, no pool and no retries
+        try:
+            turn = start_turn(gw, chat, choice, identity)
+        except ProxyError as exc:
+            identity.close()
+            raise _for_caller(exc, True) from None
+        turn.on_close = lambda error: identity.close()
+        return turn
+    prefer = gw.conversations.preferred(chat, choice.upstream.id)
+    account, turn = gw.pool.run(lambda ident: start_turn(gw, chat, choice, ident), prefer)
+    turn.on_close = lambda error: gw.pool.release(account, error)
+    return turn
+
+
+def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity) -> Turn:
+    """Create the upstream chat, post the turn and read up to its first output.
+
+    On failure the upstream response is closed and the error raised; giving
+    the account back is the caller's job.
+    """
     chat_type = "search" if (choice.search or chat.search) else "t2t"
     model = choice.upstream.id
     config = transform.feature_config(transform.resolve_thinking(choice, chat), chat_type == "search", chat.thinking_budget)
-
-    def release(error: Exception | None) -> None:
-        if owned:
-            identity.close()
-        else:
-            gw.pool.release(identity, error)
-
-    try:
-        chat_id = gw.client.create_chat(identity, model, chat_type)
-        payload = transform.completion_payload(
-            model=model, chat_id=chat_id, chat_type=chat_type, config=config,
-            content=transform.flatten_messages(chat.messages, gw.settings.MAX_HISTORY_MESSAGES),
-            fid=str(uuid.uuid4()), timestamp=int(time.time()),
-        )
-        translator = transform.StreamTranslator(
-            f"chatcmpl-{uuid.uuid4().hex}", chat.model, int(time.time()), chat.include_usage, chat.max_tokens
-        )
-        label = f"{identity.label} {model} chat={chat_id}"
-        turn = Turn(gw.client.stream_completion(identity, chat_id, payload), translator, release, label)
-    except ProxyError as exc:
-        release(exc)
-        raise _for_caller(exc, owned) from None
-    try:
-        turn.prime(gw.settings.PING_INTERVAL_SECONDS if chat.stream else None)
-    except ProxyError as exc:
-        turn.close(exc)
-        raise _for_caller(exc, owned) from None
+    files = upload_media(gw, identity, chat.media)
+    # The upstream side (continue a chat or create one, clean it up later) lives in conversations.py.
+    exchange = gw.conversations.start(identity, chat, model, chat_type, config, files)
+    label = f"{identity.label} {model} chat={exchange.chat_id}{' (continued)' if exchange.continued else ''}"
+    turn = Turn(exchange.events, _translator(chat), label, follow_up=exchange.post,
+                on_complete=lambda done: gw.conversations.complete(exchange, done),
+                on_end=lambda: gw.conversations.settle(exchange))
+    turn.prime(gw.settings.PING_INTERVAL_SECONDS if chat.stream else None)
     return turn
+
+
+def _translator(chat: transform.ChatRequest) -> Any:
+    """The chunk translator of one completion; tools and JSON output wrap the plain one."""
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def plain() -> transform.StreamTranslator:
+        return transform.StreamTranslator(completion_id, chat.model, created, chat.include_usage, chat.max_tokens)
+
+    return replies.translator_for(chat.agent, plain, lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+def upload_media(gw: Gateway, identity: Identity, parts: Sequence[media.MediaPart]) -> list[dict[str, Any]]:
+    """The turn's media as ``files[]`` entries, uploaded with the turn's own account (files belong to it, §7.4).
+
+    Several files go up at once: each is two round trips to the site and one transfer to its storage.
+    """
+    def upload(part: media.MediaPart) -> dict[str, Any]:
+        return gw.uploader.upload(identity, part.data or b"", filename=part.filename, content_type=part.mime,
+                                  kind=part.kind)
+
+    if len(parts) < 2:
+        return [upload(part) for part in parts]
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="upload") as workers:
+        return list(workers.map(upload, parts))
+
+
+def fetch_media(gw: Gateway, chat: transform.ChatRequest) -> transform.ChatRequest:
+    """Download the turn's image and video URLs (guarded, bounded) before an account is taken for the turn."""
+    if not any(part.remote for part in chat.media):
+        return chat
+    parts = []
+    for part in chat.media:
+        if part.remote:
+            limit = min(media.MAX_BYTES[part.kind], media.MAX_FETCH_BYTES)
+            got = gw.fetcher.fetch(part.source, expect=part.kind, max_bytes=limit, param=part.param)
+            part = media.with_bytes(part, got.data, got.content_type)
+        parts.append(part)
+    return dataclasses.replace(chat, media=tuple(parts))
+
+
+def vision_model(
+    gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, models: list[transform.ModelInfo]
+) -> tuple[transform.ModelChoice, dict[str, str]]:
+    """The model for a turn with images, and the header that says when it is not the one asked for."""
+    if not any(part.kind == "image" for part in chat.media):
+        return choice, {}
+    fallback = transform.vision_fallback(choice, models, gw.settings.VISION_FALLBACK_MODEL)
+    if fallback is None:
+        return choice, {}
+    logger.info("%s cannot see images; using %s", choice.upstream.id, fallback.upstream.id)
+    return fallback, {"X-Model-Fallback": fallback.upstream.id}
 
 
 def _for_caller(exc: ProxyError, own_credentials: bool) -> ProxyError:
@@ -472,17 +606,54 @@ def index() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
+    """Liveness plus the pool at a glance; masked, so it is safe to leave open."""
     gw = gateway()
     accounts = gw.pool.snapshot()
+    usable = accounts["healthy"] + accounts["degraded"]
+    if not accounts["total"]:
+        status = "no_account"
+    else:
+        status = "ok" if usable == accounts["total"] else "degraded" if usable else "down"
+    s = gw.settings
     return jsonify({
-        "status": "ok" if accounts["total"] else "no_account",
+        "status": status,
         "version": __version__,
-        "server_mode": gw.settings.SERVER_MODE,
-        "auth": "api_key" if gw.settings.API_KEY else "open",
+        "server_mode": s.SERVER_MODE,
+        "auth": "api_key" if s.API_KEY else "open",
+        "config": {
+            "auto_refresh_token": s.AUTO_REFRESH_TOKEN,
+            "token_store": bool(s.TOKEN_STORE_FILE),
+            "failover_retries": s.FAILOVER_RETRIES,
+            "account_max_concurrency": s.ACCOUNT_MAX_CONCURRENCY,
+            "pool_failure_threshold": s.POOL_FAILURE_THRESHOLD,
+        },
         "accounts": accounts,
         "models": gw.catalog.snapshot(),
         "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
     })
+
+
+@bp.post("/refresh-token")
+def refresh_token() -> Response:
+    """Renew every account's token now, or one: ``{"account": 2}`` (the number in ``account-2``)."""
+    authenticate()
+    gw = gateway()
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    number = body.get("account", request.args.get("account")) if isinstance(body, dict) else None
+    if number is not None:
+        try:
+            number = int(number)
+        except (TypeError, ValueError):
+            number = 0
+        if not 1 <= number <= len(gw.pool):
+            raise InvalidRequest(f"'account' must be a number from 1 to {len(gw.pool)} (as in account-1).",
+                                 param="account")
+    results = gw.pool.refresh_all(number)
+    return jsonify({"object": "list", "data": results})
 
 
 @bp.get("/v1/models")
@@ -510,14 +681,23 @@ def get_model(model_id: str) -> Response:
 def chat_completions() -> Response:
     identity = authenticate()
     chat = transform.parse_chat_request(_json_body())
+    if generation.generation_kind(chat.model) and not _is_site_model(chat.model):  # -image, -image_edit, -video
+        from generation_routes import generation_chat
+
+        return generation_chat(chat, identity)
     gw = gateway()
-    choice = transform.resolve_model(chat.model, _models(), gw.settings.DEFAULT_MODEL)
-    turn = open_turn(gw, chat, choice, identity)
+    models = _models()
+    choice = transform.resolve_model(chat.model, models, gw.settings.DEFAULT_MODEL)
+    choice, headers = vision_model(gw, chat, choice, models)
+    turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
     if chat.stream:
-        return Response(sse(turn, gw.settings.PING_INTERVAL_SECONDS), mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(sse(turn, gw.settings.PING_INTERVAL_SECONDS), mimetype="text/event-stream",
+                        headers={**SSE_HEADERS, **headers})
     error: ProxyError | None = None
     try:
-        return jsonify(turn.collect())
+        response = jsonify(turn.collect())
+        response.headers.update(headers)
+        return response
     except ProxyError as exc:
         error = exc
         raise
@@ -528,6 +708,10 @@ def chat_completions() -> Response:
 def _models() -> list[transform.ModelInfo]:
     gw = gateway()
     return gw.catalog.get(gw.pool.identities[0] if len(gw.pool) else None)
+
+
+def _is_site_model(model_id: str) -> bool:
+    return any(m.id.lower() == model_id.strip().lower() for m in _models())
 
 
 def _json_body() -> Any:

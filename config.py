@@ -67,6 +67,51 @@ class Settings:
     #: Seconds of upstream silence after which a stream gets a ``: ping`` comment; also the longest
     #: wait for the first output before a stream is committed to HTTP 200.
     PING_INTERVAL_SECONDS: float = 15.0
+    #: The auth host of the newest sign-in scheme, which renews tokens from a ``refresh_token`` cookie.
+    QWEN_AUTH_URL: str = "https://auth.qwen.ai"
+    QWEN_AUTH_VERSION: str = "0.3.12"
+    #: Renewed tokens are kept here across restarts (never in config.json or cookie.txt); empty = off.
+    TOKEN_STORE_FILE: str = str(BASE_DIR / "data" / "tokens.json")
+    TOKEN_REFRESH_MARGIN_MINUTES: float = 60.0
+    TOKEN_REFRESH_CHECK_SECONDS: float = 60.0
+    #: Pool: consecutive failures before an account is taken out, and its first cool-down.
+    POOL_FAILURE_THRESHOLD: int = 3
+    POOL_COOLDOWN_SECONDS: float = 60.0
+    POOL_MAX_COOLDOWN_SECONDS: float = 1800.0
+    #: Other accounts tried for one turn when it fails before any output.
+    FAILOVER_RETRIES: int = 2
+    #: Turns at once per account (0 = no limit) and how long a turn waits for a free one.
+    ACCOUNT_MAX_CONCURRENCY: int = 0
+    ACCOUNT_QUEUE_TIMEOUT: float = 30.0
+    #: Where upload PUTs go, path-style (``<endpoint>/<bucket>/<path>``); empty = the STS answer's endpoint.
+    QWEN_OSS_ENDPOINT: str = ""
+    #: Let image/video URLs point at loopback, private, link-local or metadata addresses (tests, trusted LANs).
+    ALLOW_PRIVATE_URLS: bool = False
+    #: Send only the new messages into the upstream chat a request continues (§10).
+    CONTINUE_CHATS: bool = True
+    #: Seconds a conversation stays continuable after its last turn; then its chat is deleted.
+    CHAT_TTL: float = 3600.0
+    #: Conversations remembered at most (the oldest are forgotten, and their chats deleted, first).
+    MAX_CONVERSATIONS: int = 1000
+    #: Delete the upstream chats this proxy created once they are no longer needed.
+    DELETE_CHATS: bool = True
+    #: Largest turn body sent to the site, in characters; above ~62,000 it answers with a captcha (§11).
+    MAX_TURN_CHARS: int = 60000
+    #: Send context that would make a turn too long as an uploaded text document instead (§7.3).
+    OFFLOAD_CONTEXT: bool = True
+    #: Hosts generated images and videos may be downloaded from, besides QWEN_BASE_URL's (§1.1).
+    MEDIA_HOSTS: tuple[str, ...] = ("cdn.qwenlm.ai",)
+    #: Largest generated file the proxy downloads (b64_json images, relayed videos).
+    MEDIA_MAX_MB: float = 50.0
+    MEDIA_DOWNLOAD_TIMEOUT: float = 60.0
+    #: Pause between read-backs of a generated result, and between fetches of a file the CDN does not serve yet.
+    MEDIA_RETRY_DELAY: float = 0.8
+    VIDEO_POLL_INTERVAL: float = 10.0
+    #: Give up on a video task after this long (measured: 93-343 s per clip).
+    VIDEO_TIMEOUT: float = 900.0
+    #: How long a non-stream chat request waits for its video before answering with the id to poll;
+    #: below the usual 60 s idle limit of proxies and CDNs in front of this service.
+    VIDEO_SYNC_WAIT: float = 50.0
 
     @property
     def max_request_bytes(self) -> int:
@@ -109,6 +154,34 @@ def _positive(kind: type) -> Callable[[Any], Any]:
     return parse
 
 
+def _non_negative(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a whole number") from None
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    return tuple(h.lower() for h in _parse_list(",")(value))
+
+
 def _port(value: Any) -> int:
     port = _positive(int)(value)
     if port > 65535:
@@ -121,6 +194,10 @@ def _base_url(value: Any) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     return url
+
+
+def _optional_base_url(value: Any) -> str:
+    return _base_url(value) if str(value).strip() else ""
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -141,6 +218,30 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "UPSTREAM_POOL_SIZE": _positive(int),
     "MAX_CONCURRENT_REQUESTS": _positive(int),
     "PING_INTERVAL_SECONDS": _positive(float),
+    "QWEN_AUTH_URL": _base_url,
+    "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
+    "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
+    "POOL_FAILURE_THRESHOLD": _positive(int),
+    "POOL_COOLDOWN_SECONDS": _positive(float),
+    "POOL_MAX_COOLDOWN_SECONDS": _positive(float),
+    "FAILOVER_RETRIES": _non_negative,
+    "ACCOUNT_MAX_CONCURRENCY": _non_negative,
+    "ACCOUNT_QUEUE_TIMEOUT": _positive(float),
+    "QWEN_OSS_ENDPOINT": _optional_base_url,
+    "ALLOW_PRIVATE_URLS": _parse_bool,
+    "CONTINUE_CHATS": _parse_bool,
+    "CHAT_TTL": _positive(float),
+    "MAX_CONVERSATIONS": _positive(int),
+    "DELETE_CHATS": _parse_bool,
+    "MAX_TURN_CHARS": _positive(int),
+    "OFFLOAD_CONTEXT": _parse_bool,
+    "MEDIA_HOSTS": _hosts,
+    "MEDIA_MAX_MB": _positive(float),
+    "MEDIA_DOWNLOAD_TIMEOUT": _positive(float),
+    "MEDIA_RETRY_DELAY": _non_negative_number,
+    "VIDEO_POLL_INTERVAL": _positive(float),
+    "VIDEO_TIMEOUT": _positive(float),
+    "VIDEO_SYNC_WAIT": _non_negative_number,
 }
 _KEYS = {f.name for f in dataclasses.fields(Settings)}
 

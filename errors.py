@@ -13,8 +13,10 @@ Each class carries the HTTP meaning of its failure (status, OpenAI ``type`` and
     ├── RateLimited           429  upstream quota, throttling or risk-control challenge
     ├── UpstreamError         502  the site answered with something we cannot use
     │   ├── UpstreamAuthError      the account's token was refused
+    │   ├── ChatNotFound           the upstream chat of the turn is gone (deleted, other account)
     │   ├── EmptyResponse          the site accepted the turn but produced nothing
     │   └── UpstreamBroken         the stream broke off mid-way
+    ├── ModelOutputInvalid    502  the model broke the tool-call or JSON contract, even when corrected
     ├── ServiceUnavailable    503  no account configured, or the site is down
     └── UpstreamTimeout       504  the site stopped sending
 """
@@ -101,12 +103,29 @@ class UpstreamAuthError(UpstreamError):
     retryable = False
 
 
+class ChatNotFound(UpstreamError):
+    code = "upstream_not_found"
+
+
+
+
 class EmptyResponse(UpstreamError):
     code = "upstream_empty_response"
 
 
 class UpstreamBroken(UpstreamError):
     code = "upstream_stream_broken"
+
+
+class ModelOutputInvalid(ProxyError):
+    """The model broke the tool-call or JSON contract, even after a corrective turn.
+
+    Not an ``UpstreamError``: the account did nothing wrong, so the pool neither
+    counts it against the account nor fails over to another one.
+    """
+
+    status, type, code = 502, "upstream_error", "model_output_invalid"
+    retryable = False  # already corrected once; an automatic retry would double the load for little
 
 
 class ServiceUnavailable(ProxyError):

@@ -2,17 +2,21 @@
 
 It owns everything that touches the wire: the browser-like headers (§1.2), the
 two calls of a turn (``chats/new`` then ``chat/completions``), an incremental
-SSE decoder over bytes, the model list with its cache, and the one classifier
-that turns every refusal shape of the site into a typed ``errors`` exception
-(§1.3, §1.4, §6.6–§6.8). Section numbers refer to ``qwen-web-protocol.md``.
+SSE decoder over bytes, the model list with its cache, uploads (STS grant,
+signed OSS PUT, document parsing, §7), and the one classifier that turns every
+refusal shape of the site into a typed ``errors`` exception (§1.3, §1.4,
+§6.6–§6.8). Section numbers refer to ``qwen-web-protocol.md``.
 """
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
 import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -22,8 +26,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import requests
 import urllib3
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
 
+import oss
 from errors import (
+    ChatNotFound,
     ContentFiltered,
     EmptyResponse,
     InvalidRequest,
@@ -36,6 +44,7 @@ from errors import (
     UpstreamTimeout,
 )
 from transform import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
+from uploads import StsGrant, parse_grant
 
 if TYPE_CHECKING:
     from config import Settings
@@ -121,6 +130,8 @@ class SSEDecoder:
 _WAF_MARKERS = ("aliyun_waf", "aliyuncaptcha", "captcha", "人机验证", "安全验证", "punish", "x5sec", "baxia")
 _CHALLENGE_CODES = ("FAIL_SYS_USER_VALIDATE", "RGV587")
 _RATE_CODES = {"ratelimited", "quota_limit", "quotalimited", "parallellimited"}
+#: Details that make a rate-limit code mean passing overload, not a spent quota of ``num`` hours (§8.1).
+_BUSY_MARKERS = ("访问量较大", "稍后再试", "try again later", "too many requests")
 
 
 def looks_like_waf(text: str) -> bool:
@@ -154,7 +165,8 @@ def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
             "from a logged-in browser into the configuration."
         )
     if lowered in _RATE_CODES:
-        hours = num if isinstance(num, (int, float)) and num > 0 else None
+        busy = any(marker in details.lower() for marker in _BUSY_MARKERS)
+        hours = num if isinstance(num, (int, float)) and num > 0 and not busy else None
         wait = f"about {hours:g} hour(s)" if hours else "a minute"
         return RateLimited(
             f"The Qwen site rate-limited this account ({said}). Retry after {wait}, or add accounts.",
@@ -166,7 +178,7 @@ def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
     if lowered == "invalid_input":
         return InvalidRequest(f"The Qwen site rejected the input ({said}).", code="upstream_invalid_input")
     if lowered == "not_found" or "chat_not_found" in details.lower():
-        return UpstreamError(f"The Qwen site lost the chat of this turn ({said}). Retry.", code="upstream_not_found")
+        return ChatNotFound(f"The Qwen site lost the chat of this turn ({said}). Retry.")
     return UpstreamError(f"The Qwen site refused the request ({said}).", code="upstream_" + lowered[:40])
 
 
@@ -250,6 +262,11 @@ def _error_for_body(status: int, content_type: str, body: bytes, actual: str | N
     try:
         obj = json.loads(text)
     except ValueError:
+        if text.startswith("data:"):  # a refusal sent as its only stream event (§6.7)
+            frames = SSEDecoder().iter_payloads([body])
+            errors = (_error_for_body(status, content_type, frame, actual) for frame in frames)
+            return next((e for e in errors if e is not None), None) or UpstreamError(
+                "The Qwen site answered with an event stream where a JSON answer was expected.")
         if looks_like_waf(text):
             return challenge_error("WAF verification page")
         kind = "an HTML page" if _is_html(text) else f"non-JSON text ({content_type or 'no content type'})"
@@ -272,15 +289,38 @@ def new_chat_id(answer: Any) -> str | None:
     return None
 
 
+class _Session(requests.Session):
+    """requests' session, reading proxy and CA settings from the environment once per site, not per call.
+
+    With ``trust_env`` requests scans ``os.environ`` two or three times on every call
+    (proxies, NO_PROXY, CA bundle): a fifth of the CPU of a call to the site, and every
+    turn makes two. The environment does not change while the service runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        if not self.trust_env or proxies or verify not in (True, None):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        origin = "/".join(url.split("/", 3)[:3])
+        found = self._environment.get(origin)
+        if found is None:
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            found = self._environment[origin] = (get_environ_proxies(url), bundle)
+        return {"proxies": merge_setting(dict(found[0]), self.proxies), "stream": merge_setting(stream, self.stream),
+                "verify": merge_setting(found[1] or verify, self.verify), "cert": merge_setting(cert, self.cert)}
+
+
 def new_session(pool_size: int) -> requests.Session:
     """One session per account: its own cookies and a connection pool sized for its streams."""
-    session = requests.Session()
+    session = _Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    # The environment's proxy and CA settings are read once by QwenClient, not by requests on every
-    # call (re-reading os.environ was a fifth of the CPU of each call to the site).
-    session.trust_env = False
+    # Environment proxies are honoured on purpose: users in some regions reach the site only so.
+    session.trust_env = True
     return session
 
 
@@ -300,12 +340,10 @@ class QwenClient:
         self.base_url = settings.QWEN_BASE_URL
         self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
         self.settings = settings
-        # Environment proxies (NO_PROXY included) are honoured on purpose: users in some regions reach
-        # the site only so. Read once, at start-up.
-        self.proxies = requests.utils.get_environ_proxies(self.base_url)
-        self.verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
+        self.oss_session = new_session(16)
 
-    def headers(self, identity: Identity | None, referer: str = "/") -> dict[str, str]:
+    def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
         """The browser-equivalent header set of §1.2; the site refuses writes without it."""
         s = self.settings
         headers = {
@@ -329,7 +367,7 @@ class QwenClient:
             "X-Accel-Buffering": "no",
         }
         if identity is not None:
-            if identity.token:
+            if identity.token and bearer:
                 headers["Authorization"] = f"Bearer {identity.token}"
             headers["Cookie"] = identity.cookie_header()
         return headers
@@ -337,11 +375,9 @@ class QwenClient:
     def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
         session = kwargs.pop("session", None) or identity.session
         referer = kwargs.pop("referer", "/")
+        headers = self.headers(identity, referer, kwargs.pop("bearer", True))
         try:
-            return session.request(
-                method, self.base_url + path, headers=self.headers(identity, referer), timeout=self.timeout,
-                proxies=self.proxies, verify=self.verify, **kwargs,
-            )
+            return session.request(method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise transport_error(exc) from None
 
@@ -367,13 +403,63 @@ class QwenClient:
                 last = exc
         raise UpstreamError(f"Could not read the model list: {last}")
 
+    def renew_token(self, identity: Identity) -> dict[str, Any]:
+        """A fresh token for a cookie account: ``{"token", "refresh_token"}``.
+
+        With a ``refresh_token`` cookie, the auth host renews it (§2.4);
+        otherwise the session profile of the browser cookie carries it (§2.3).
+        """
+        if identity.refresh_token:
+            return self.refresh_at_auth_host(identity)
+        return {"token": self.fetch_token(identity)["token"], "refresh_token": None}
+
     def fetch_token(self, identity: Identity) -> dict[str, Any]:
-        """The session profile of a browser cookie, which carries the token (§2.3)."""
-        profile = self._json(identity, "GET", "/api/v1/auths/")
-        token = profile.get("token") or profile.get("access_token") or (profile.get("data") or {}).get("token")
+        """The session profile of a browser cookie, which carries the token (§2.3).
+
+        Only the cookie is sent, as the browser does (R4): a stale bearer token
+        must not stand in the way of a live session. The body decides, not the
+        status: a 200 without a token is a refusal.
+        """
+        profile = self._json(identity, "GET", "/api/v1/auths/", bearer=False)
+        if not isinstance(profile, Mapping):
+            raise UpstreamAuthError("The Qwen site answered the session profile with no profile; copy a fresh cookie.")
+        data = profile.get("data") if isinstance(profile.get("data"), Mapping) else {}
+        token = profile.get("token") or profile.get("access_token") or data.get("token")
         if not isinstance(token, str) or not token:
             raise UpstreamAuthError("The Qwen site did not return a token for this cookie; copy a fresh cookie.")
-        return profile
+        return {**profile, "token": token}
+
+    def refresh_at_auth_host(self, identity: Identity) -> dict[str, Any]:
+        """``GET <QWEN_AUTH_URL>/api/v2/auths/refresh`` with the refresh cookie (§2.4).
+
+        The refresh token rotates: the answer's new one replaces the old,
+        which then no longer works, so the caller must keep it.
+        """
+        s = self.settings
+        headers = self.headers(None, "/")
+        headers.update({
+            "Cookie": f"refresh_token={identity.refresh_token}", "version": s.QWEN_AUTH_VERSION,
+            "x-request-origin": self.base_url, "Sec-Fetch-Site": "same-site",
+        })
+        try:
+            with identity.session.get(s.QWEN_AUTH_URL + "/api/v2/auths/refresh", headers=headers,
+                                      timeout=self.timeout, stream=True) as resp:
+                body = _read_bounded(resp, MAX_ERROR_BODY)
+                status, content_type = resp.status_code, resp.headers.get("Content-Type", "")
+                cookie = resp.cookies.get("refresh_token")
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+        error = _error_for_body(status, content_type, body, None)
+        if status == 401 or isinstance(error, UpstreamAuthError):
+            raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
+                                    "and copy a fresh cookie.")
+        if error is not None:
+            raise error
+        data = json.loads(body).get("data") or {}
+        token = data.get("access_token") if isinstance(data, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthError("The auth host answered without an access token; copy a fresh cookie.")
+        return {"token": token, "refresh_token": data.get("refresh_token") or cookie}
 
     def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
         """``POST /api/v2/chats/new`` → the new chat id (§4)."""
@@ -384,6 +470,18 @@ class QwenClient:
             raise UpstreamError("The Qwen site created a chat but returned no id.")
         return chat_id
 
+    def delete_chat(self, identity: Identity, chat_id: str) -> None:
+        """``DELETE /api/v2/chats/<id>`` (§9); a chat that is already gone counts as deleted."""
+        with self._request(identity, "DELETE", f"/api/v2/chats/{chat_id}", stream=True) as resp:
+            if resp.status_code == 204:
+                return
+            body = _read_bounded(resp, MAX_ERROR_BODY)
+            error = _error_for_body(
+                resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
+            )
+        if error is not None and not isinstance(error, ChatNotFound):
+            raise error
+
     def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> AnswerStream:
         """Post one turn; its events arrive through the returned stream, its errors too (§6).
 
@@ -392,38 +490,150 @@ class QwenClient:
         """
         def post() -> requests.Response:
             return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-                                 json=payload, stream=True, referer=f"/c/{chat_id}")
+                                 data=encode_body(payload), stream=True, referer=f"/c/{chat_id}")
 
-        return AnswerStream(post, chat_id)
+        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS)
+
+    # -- uploads (§7) ---------------------------------------------------
+
+    def sts_grant(self, identity: Identity, filename: str, size: int, filetype: str) -> StsGrant:
+        """``getstsToken``: credentials for one new object (v2, falling back to v1 where v2 is gone)."""
+        body = {"filename": filename, "filesize": str(size), "filetype": filetype}
+        try:
+            answer = self._json(identity, "POST", "/api/v2/files/getstsToken", json=body)
+        except UpstreamError as exc:
+            if exc.code not in ("upstream_http_404", "upstream_http_405"):
+                raise
+            logger.info("getstsToken v2 answered %s; trying v1", exc.code)
+            answer = self._json(identity, "POST", "/api/v1/files/getstsToken", json=body)
+        return parse_grant(answer)
+
+    def put_object(self, grant: StsGrant, data: bytes, content_type: str) -> None:
+        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set."""
+        endpoint = self.settings.QWEN_OSS_ENDPOINT
+        url = oss.object_url(grant.bucket, grant.file_path, endpoint or grant.endpoint, path_style=bool(endpoint))
+        headers = {"Content-Type": content_type, "User-Agent": self.settings.QWEN_USER_AGENT}
+        signed = oss.sign_headers("PUT", grant.bucket, grant.file_path, headers, grant.credentials, grant.region,
+                                  dt.datetime.now(dt.timezone.utc))
+        try:
+            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True) as resp:
+                if resp.status_code < 300:
+                    return
+                body = _read_bounded(resp, MAX_ERROR_BODY).decode("utf-8", "replace")
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(
+                f"Could not upload the file to Qwen's storage ({type(exc).__name__}). Retry.", retry_after=10.0
+            ) from None
+        raise oss_error(resp.status_code, body)
+
+    def parse_file(self, identity: Identity, file_id: str, name: str) -> None:
+        """``files/parse`` then ``parse/status`` until the document is ready; the site reads it only then (§7.3)."""
+        answer = self._json(identity, "POST", "/api/v2/files/parse", json={"file_id": file_id})
+        data = answer.get("data") if isinstance(answer, Mapping) else None
+        if isinstance(data, Mapping) and data.get("code"):  # an outage, inside success:true (R14)
+            raise UpstreamError(
+                f"Qwen's document parser failed ({data['code']}). Retry later.", code="upstream_parse_failed"
+            )
+        deadline = time.monotonic() + PARSE_TIMEOUT
+        for delay in _poll_delays():
+            time.sleep(delay)
+            answer = self._json(identity, "POST", "/api/v2/files/parse/status", json={"file_id_list": [file_id]})
+            row = _parse_row(answer, file_id)
+            status = str(row.get("status", "")).lower()
+            if status in PARSE_READY:
+                return
+            if status in PARSE_FAILED:
+                reason = _short(row.get("error_msg") or status, 160)
+                raise InvalidRequest(
+                    f"Qwen could not read the document '{name}' ({reason}). Check the file, or send its text instead.",
+                    code="document_parse_failed",
+                )
+            if time.monotonic() > deadline:
+                break
+        raise UpstreamTimeout(f"Qwen did not finish reading the document '{name}' in {PARSE_TIMEOUT:g} s. Retry.")
+
+
+#: Parse polling: gentle, because the WAF counts these calls per IP (§7.3, R14).
+PARSE_TIMEOUT = 120.0
+PARSE_READY = frozenset({"success", "parsed", "done", "completed"})
+PARSE_FAILED = frozenset({"failed", "error"})
+
+
+def _parse_row(answer: Any, file_id: str) -> Mapping[str, Any]:
+    """This file's row of a ``parse/status`` answer (``data`` is a list of ``{file_id, status}``)."""
+    rows = answer.get("data") if isinstance(answer, Mapping) else None
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, Mapping) and row.get("file_id") == file_id:
+            return row
+    return {}
+
+
+def _poll_delays() -> Iterator[float]:
+    yield from (0.5, 1.0)
+    while True:
+        yield 2.0
+
+
+def oss_error(status: int, body: str) -> ProxyError:
+    """OSS refuses in XML (``<Code>SignatureDoesNotMatch</Code>``); say which refusal it was."""
+    found = re.search(r"<Code>([^<]{1,64})</Code>", body)
+    code = found.group(1) if found else f"HTTP {status}"
+    if status >= 500:
+        return ServiceUnavailable(f"Qwen's file storage failed ({code}, HTTP {status}). Retry.", retry_after=10.0)
+    if code == "RequestTimeTooSkewed":
+        return UpstreamError("Qwen's file storage refused the upload: this server's clock is off. Sync it (NTP).",
+                             code="upstream_upload_refused", retryable=False)
+    return UpstreamError(f"Qwen's file storage refused the upload ({code}, HTTP {status}). Retry; if it persists, "
+                         "the site changed how uploads are signed.", code="upstream_upload_refused")
+
+
+def encode_body(payload: Mapping[str, Any]) -> bytes:
+    """JSON as the web app's ``JSON.stringify`` sends it: compact, UTF-8 unescaped.
+
+    The site's size rule counts the body (§11); ``\\uXXXX`` escapes would make
+    CJK text six times longer on the wire than in the browser.
+    """
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class AnswerStream:
-    """The site's answer to one turn, read by a background thread into a small bounded queue.
+    """An answer of the site, read by a background thread into a small bounded queue.
 
     The request thread waits on :meth:`get` with a timeout, so it can send keep-alives
     while the site is silent: a socket read that timed out cannot be resumed, so the
     waiting happens on the queue, never on the socket. Under gunicorn's gevent worker
-    the thread is a greenlet. The queue holds the raw bytes as they came; :meth:`get`
-    decodes everything that has arrived at once, so a burst of events costs one pass.
-    :meth:`close` ends the upstream request at once, even while the reader waits on a
-    silent site: the socket is shut down under it.
+    the thread is a greenlet. For a turn's stream the queue holds the raw bytes as they
+    came, and :meth:`get` decodes everything that has arrived at once, so a burst of
+    events costs one pass. :meth:`close` ends the upstream request at once, even while
+    the reader waits on a silent site: the socket is shut down under it.
+
+    ``AnswerStream(events=...)`` puts any blocking iterator of events behind the same
+    queue (it is closed, in its own thread, at its next event after :meth:`close`).
+    Iterating the stream yields its events one by one, without keep-alives.
     """
 
-    def __init__(self, post: Callable[[], requests.Response], label: str = "") -> None:
-        self._post = post
+    def __init__(
+        self, post: Callable[[], requests.Response] | None = None, label: str = "", *,
+        events: Iterator[dict] | None = None, first_wait: float | None = None,
+    ) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
         self._response: requests.Response | None = None
         self._closed = False
         self._decoder = SSEDecoder()
         self._seen = 0
         self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
-        threading.Thread(target=self._read, name=f"answer {label}", daemon=True).start()
+        self._held: list[dict] | None = None  # what peek() took
+        self._buffer: collections.deque[dict] = collections.deque()  # what iteration has yet to hand out
+        #: How long :meth:`peek` waits for the first events by default.
+        self.first_wait = first_wait
+        target, source = (self._read, post) if post is not None else (self._pump, events)
+        threading.Thread(target=target, args=(source,), name=f"answer {label}", daemon=True).start()
 
-    def _read(self) -> None:
+    def _read(self, post: Callable[[], requests.Response]) -> None:
         end: Any = _END
         resp = None
         try:
-            resp = self._response = self._post()
+            resp = self._response = post()
             if self._closed:
                 return
             _check_stream(resp)
@@ -442,12 +652,31 @@ class AnswerStream:
         if not self._closed:
             self._queue.put(end)
 
+    def _pump(self, events: Iterator[dict]) -> None:
+        end: Any = _END
+        try:
+            for event in events:
+                self._queue.put([event])
+                if self._closed:
+                    return
+        except Exception as exc:  # the thread's boundary, as in _read
+            end = exc
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        if not self._closed:
+            self._queue.put(end)
+
     def get(self, timeout: float | None = None) -> list[dict] | None:
         """Every event that has arrived, waiting up to ``timeout`` seconds for the first.
 
         ``None`` when nothing came in time, ``[]`` once the answer has ended; the
         error that ended it is raised after the events that came before it (§6.5, §6.6).
         """
+        if self._held:
+            held, self._held = self._held, None
+            return held
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._end is None:
             try:
@@ -455,16 +684,22 @@ class AnswerStream:
             except queue.Empty:
                 return None
             data: list[bytes] = []
+            events: list[dict] = []
             while True:  # everything that is there: events that arrived together leave together
-                if item.__class__ is not bytes:
+                kind = item.__class__
+                if kind is bytes:
+                    data.append(item)
+                elif kind is list:
+                    events += item
+                else:
                     self._end = item
                     break
-                data.append(item)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            events = self._decode(self._decoder.feed(b"".join(data)))
+            if data:
+                events = self._decode(self._decoder.feed(b"".join(data))) + events
             if self._end is _END:
                 events += self._decode(self._decoder.finish())
                 if not self._seen and self._decoder.stray:
@@ -492,6 +727,26 @@ class AnswerStream:
                 events.append(event)
         self._seen += len(events)
         return events
+
+    def peek(self, timeout: float | None = -1.0) -> None:
+        """Wait for the first events (``first_wait`` seconds by default) and keep them for the next read.
+
+        A turn the site refuses raises here, before any output; an answer still silent
+        when the wait ends raises nothing yet.
+        """
+        if self._held is None:
+            self._held = self.get(self.first_wait if timeout == -1.0 else timeout)
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> dict:
+        while not self._buffer:
+            events = self.get()
+            if not events:
+                raise StopIteration
+            self._buffer.extend(events)
+        return self._buffer.popleft()
 
     def close(self) -> None:
         """Stop reading and release the upstream connection now; any thread may call it, more than once."""

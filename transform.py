@@ -13,11 +13,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import agents
 from errors import InvalidRequest, ModelNotFound
+from media import MediaPart, check_turn, decode_inline, place_media, split_content
 
 # --------------------------------------------------------------------------- models
 
 THINKING_SUFFIX, FAST_SUFFIX, SEARCH_SUFFIX = "-thinking", "-fast", "-search"
+#: Generation variants (suffix, the site's chat type); served by ``generation`` and ``generation_routes`` (§8).
+MEDIA_SUFFIXES = (("-image", "t2i"), ("-image_edit", "image_edit"), ("-video", "t2v"))
+MEDIA_SUFFIX_ALIASES = (("-image-edit", "image_edit"),)  # accepted, not listed
 #: OpenAI model names that clients send by default; they map to the default model.
 OPENAI_ALIASES = frozenset({
     "gpt-3.5-turbo", "gpt-4", "gpt-4-turbo", "gpt-4o", "gpt-4o-mini",
@@ -35,11 +40,14 @@ class ModelInfo:
     thinking: bool = False
     search: bool = False
     vision: bool = False
+    #: Generation chat types the model offers (``t2i``, ``image_edit``, ``t2v``), from its ``chat_type`` list.
+    generates: frozenset[str] = frozenset()
 
 
 #: Served by ``/v1/models`` only when the site's list cannot be fetched.
 BUILTIN_MODELS: tuple[ModelInfo, ...] = (
-    ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True,
+              generates=frozenset({"t2i", "image_edit", "t2v"})),  # as in the models fixture
     ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.7-max", "Qwen3.7-Max", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.6-plus", "Qwen3.6-Plus", thinking=True, search=True, vision=True),
@@ -83,6 +91,7 @@ def _model_info(item: Mapping[str, Any]) -> ModelInfo:
         thinking=able("thinking"),
         search="search" in chat_types or caps.get("search") is True,
         vision=able("vision"),
+        generates=frozenset(kind for _, kind in MEDIA_SUFFIXES if kind in chat_types),
     )
 
 
@@ -93,6 +102,7 @@ def model_variants(model: ModelInfo) -> list[str]:
     ids += [model.id + m for m in modes]
     if model.search:
         ids += [model.id + SEARCH_SUFFIX] + [model.id + m + SEARCH_SUFFIX for m in modes]
+    ids += [model.id + suffix for suffix, kind in MEDIA_SUFFIXES if kind in model.generates]
     return ids
 
 
@@ -137,6 +147,34 @@ def resolve_model(requested: str, models: Sequence[ModelInfo], default_model: st
     return ModelChoice(model, thinking=thinking, search=search)
 
 
+def vision_fallback(choice: ModelChoice, models: Sequence[ModelInfo], fallback: str) -> ModelChoice | None:
+    """For a turn with images on a model that cannot see: ``VISION_FALLBACK_MODEL``, with the same modes.
+
+    ``None`` when the chosen model can see. Without a usable fallback the
+    client gets a 400 naming the models that can, never an answer given blind.
+    """
+    if choice.upstream.vision:
+        return None
+    seeing = ", ".join(m.id for m in models if m.vision) or "none is offered right now"
+    target = None
+    if fallback:
+        try:
+            target = resolve_model(fallback, models)
+        except ModelNotFound:
+            target = None
+    if target is None or not target.upstream.vision:
+        said = f"; VISION_FALLBACK_MODEL '{fallback}' is not a vision model of the site" if fallback else ""
+        raise InvalidRequest(
+            f"The model '{choice.upstream.id}' cannot see images{said}. Use a vision model: {seeing}.",
+            param="model", code="model_without_vision",
+        )
+    return ModelChoice(
+        target.upstream,
+        thinking=target.thinking if target.thinking is not None else choice.thinking,
+        search=target.search or (choice.search and target.upstream.search),
+    )
+
+
 def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFound:
     examples = ", ".join(v for m in models[:3] for v in model_variants(m)[:2])
     return ModelNotFound(
@@ -165,6 +203,8 @@ class ChatRequest:
     thinking_budget: int | None = None
     search: bool = False
     max_tokens: int | None = None
+    media: tuple[MediaPart, ...] = ()  # the newest user message's images, files, audio, video
+    agent: agents.AgentSpec | None = None  # tools and/or a JSON response_format
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -177,7 +217,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    messages = tuple(_parse_message(i, m) for i, m in enumerate(raw_messages))
+    names = agents.call_names(raw_messages)
+    messages, media = place_media([_parse_message(i, m, names) for i, m in enumerate(raw_messages)])
+    check_turn(media)
     if not any(role == "user" for role, _ in messages):
         raise InvalidRequest("'messages' must contain at least one user message.", param="messages")
     stream = _optional(body, "stream", bool, False)
@@ -185,7 +227,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     n = _optional(body, "n", int, 1)
     if n != 1:
         raise InvalidRequest("Only n=1 is supported: the site returns one answer per turn.", param="n")
-    _check_response_format(body.get("response_format"))
+    agent = agents.parse_agent_spec(body)
     messages, tag = _strip_think_tags(messages)
     return ChatRequest(
         model=model,
@@ -196,18 +238,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
         thinking_budget=_thinking_budget(body),
         search=_wants_search(body),
         max_tokens=_max_tokens(body),
+        media=tuple(decode_inline(part) for part in media),
+        agent=agent,
     )
-
-
-def _check_response_format(fmt: Any) -> None:
-    """JSON-schema output is not emulated yet: say so in the words LangChain looks for."""
-    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
-        raise InvalidRequest(
-            "'response_format' of type 'json_schema' is not supported with this model yet; "
-            "ask for JSON in the prompt or use {\"type\": \"json_object\"}.",
-            param="response_format",
-            code="unsupported_response_format",
-        )
 
 
 def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -219,49 +252,21 @@ def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     return value
 
 
-def _parse_message(index: int, message: Any) -> tuple[str, str]:
+def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> tuple[str, str, tuple[MediaPart, ...]]:
     param = f"messages[{index}]"
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{param} must be an object.", param=param)
     role = message.get("role")
     if role not in _ROLES:
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
-    text = _content_text(message.get("content"), f"{param}.content")
+    text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
-        text = "\n".join(filter(None, [text, _describe_tool_calls(message["tool_calls"])]))
+        text = agents.fold_assistant(text, message["tool_calls"])
     if role in {"tool", "function"}:
-        ref = message.get("tool_call_id") or message.get("name") or ""
-        text = f"[tool result{' ' + str(ref) if ref else ''}]\n{text}"
-    return ("system" if role == "developer" else role, text)
-
-
-def _content_text(content: Any, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{param} must be a string or an array of content parts.", param=param)
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind is None:
-            raise InvalidRequest(f"{param}[{j}] must be an object with a 'type'.", param=f"{param}[{j}]")
-        else:
-            raise InvalidRequest(
-                f"{param}[{j}]: '{kind}' content parts are not supported yet; send text parts only.",
-                param=f"{param}[{j}]",
-                code="unsupported_content",
-            )
-    return "\n".join(texts)
-
-
-def _describe_tool_calls(calls: Any) -> str:
-    lines = []
-    for call in calls if isinstance(calls, list) else []:
-        fn = call.get("function", {}) if isinstance(call, Mapping) else {}
-        lines.append(f"[called tool {fn.get('name', '?')} with {fn.get('arguments', '{}')}]")
-    return "\n".join(lines)
+        call_id = str(message.get("tool_call_id") or "")
+        name = str(message.get("name") or call_names.get(call_id, ""))
+        return ("tool", agents.fold_tool_result(name, call_id, text), media)
+    return ("system" if role == "developer" else role, text, media)
 
 
 def _strip_think_tags(messages: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], bool | None]:
@@ -326,15 +331,16 @@ def flatten_messages(messages: Sequence[tuple[str, str]], max_messages: int) -> 
     """Fold system prompt and history into the one user message the site accepts (§5.3).
 
     A lone user message goes as it is. Otherwise every message is wrapped in a
-    tag named after its role, so the model can tell turns apart; system text is
-    always kept and only the newest ``max_messages`` other messages are.
+    tag named after its role, so the model can tell turns apart; tool results
+    are already ``<tool_response>`` blocks. System text is always kept and only
+    the newest ``max_messages`` other messages are.
     """
     system = [text for role, text in messages if role == "system" and text]
     turns = [(role, text) for role, text in messages if role != "system"][-max_messages:]
     if not system and len(turns) == 1 and turns[0][0] == "user":
         return turns[0][1]
     parts = [f"<system>\n{text}\n</system>" for text in system]
-    parts += [f"<{role}>\n{text}\n</{role}>" for role, text in turns]
+    parts += [text if role == "tool" else f"<{role}>\n{text}\n</{role}>" for role, text in turns]
     return "\n".join(parts)
 
 
@@ -380,11 +386,12 @@ def completion_payload(
     fid: str,
     timestamp: int,
     parent_id: str | None = None,
+    files: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Body of ``POST /api/v2/chat/completions``: exactly one user message (§5.1)."""
+    """Body of ``POST /api/v2/chat/completions``: exactly one user message, with its uploads (§5.1, §7.4)."""
     message = {
         "id": None, "fid": fid, "parentId": parent_id, "parent_id": parent_id, "childrenIds": [],
-        "role": "user", "content": content, "user_action": "chat", "files": [],
+        "role": "user", "content": content, "user_action": "chat", "files": [dict(f) for f in files],
         "timestamp": timestamp, "models": [model], "model": "",
         "chat_type": chat_type, "sub_chat_type": chat_type, "extra": {"meta": {"subChatType": chat_type}},
         "feature_config": dict(config),
@@ -559,8 +566,13 @@ class StreamTranslator:
 
     @property
     def has_output(self) -> bool:
-        texts = (self.answer.text, self.reasoning.text, self.summary.text)
-        return any(texts) or self.answer.pending or self.reasoning.pending
+        """Anything at all for the client: thinking or an answer (subclasses widen ``has_answer``)."""
+        return self.has_answer or bool(self.reasoning.text or self.summary.text or self.reasoning.pending)
+
+    @property
+    def has_answer(self) -> bool:
+        """Whether the turn produced an answer (thinking alone is not one)."""
+        return bool(self.answer.text or self.answer.pending)
 
     @property
     def reasoning_text(self) -> str:

@@ -1,9 +1,11 @@
 """CPU cost of the relay's hot path without sockets: SSE decode → classify → translate → encode.
 
-    python -m bench.hot_path [--events 20000] [--profile]
+    python -m bench.hot_path [--events 20000] [--profile] [--tools]
 
 Feeds a captured-shape answer stream of one-character events, cut into 400-byte reads, through the
-same functions the proxy uses, and prints events per second and microseconds per event.
+same functions the proxy uses, and prints events per second and microseconds per event. ``--tools``
+relays the same text through the tool-call translator (a request with ``tools``, an answer without a
+call), which scans every piece of content for the start of a call.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import json
 import pstats
 import time
 
+from agents import parse_agent_spec
 from app import encode_event
 from qwen_client import SSEDecoder, _decode_event
+from replies import translator_for
 from transform import StreamTranslator
+
+TOOLS = {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]}
 
 
 def _event(i: int) -> dict:
@@ -30,8 +37,12 @@ def _event(i: int) -> dict:
             "timestamp": 1787654797}
 
 
-def relay(chunks: list[bytes]) -> int:
-    translator, sent = StreamTranslator("chatcmpl-bench", "qwen3.7-plus", 1), 0
+def relay(chunks: list[bytes], tools: bool = False) -> int:
+    def plain() -> StreamTranslator:
+        return StreamTranslator("chatcmpl-bench", "qwen3.7-plus", 1)
+
+    translator = translator_for(parse_agent_spec(TOOLS), plain, lambda: "call_bench") if tools else plain()
+    sent = 0
     for data in SSEDecoder().iter_payloads(chunks):
         for chunk in translator.feed(_decode_event(data)):
             sent += len(encode_event(chunk))
@@ -42,18 +53,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tools", action="store_true", help="through the tool-call translator")
     args = parser.parse_args()
     body = b"".join(b"data: " + json.dumps(_event(i)).encode() + b"\n\n" for i in range(args.events))
     chunks = [body[i:i + 400] for i in range(0, len(body), 400)]
     start = time.perf_counter()
-    relay(chunks)
+    relay(chunks, args.tools)
     elapsed = time.perf_counter() - start
     figures = {"events_per_s": args.events / elapsed, "us_per_event": elapsed / args.events * 1e6}
     print(f"{figures['events_per_s']:.0f} events/s, {figures['us_per_event']:.1f} µs per event")
     print(json.dumps(figures))
     if args.profile:
         profiler = cProfile.Profile()
-        profiler.runcall(relay, chunks)
+        profiler.runcall(relay, chunks, args.tools)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
 
 

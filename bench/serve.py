@@ -94,7 +94,8 @@ class Services:
 
     def proxy(self, port: int, upstream: int) -> int:
         """gunicorn with the production config; returns its worker's pid."""
-        env = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_TOKEN": TOKEN, "API_KEY": KEY, "HOST": "127.0.0.1",
+        env = {"CONFIG_FILE": "", "COOKIE_FILE": "", "TOKEN_STORE_FILE": "", "QWEN_TOKEN": TOKEN, "API_KEY": KEY,
+               "HOST": "127.0.0.1",
                "PORT": str(port), "QWEN_BASE_URL": f"http://127.0.0.1:{upstream}", "MAX_CONCURRENT_REQUESTS": "5000",
                "WEB_CONCURRENCY": "1"}
         master = self.start(f"gunicorn-{port}", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],

@@ -46,12 +46,14 @@ class ProxyServer:
 
     def __init__(self, upstream: str, **overrides: Any) -> None:
         settings = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream, "COOKIE": COOKIE,
-                    "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2, **overrides}
+                    "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2, "TOKEN_STORE_FILE": "",
+                    "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream, "MEDIA_RETRY_DELAY": 0.01,
+                    "VIDEO_POLL_INTERVAL": 0.01, **overrides}
         self.settings = load_settings(settings, environ={})
         self.app = create_app(self.settings)
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> ProxyServer:
         self._thread.start()
@@ -60,6 +62,7 @@ class ProxyServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self.app.extensions["qwen2openai"].conversations.close()
         self.app.extensions["qwen2openai"].pool.close()
 
     def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
@@ -79,8 +82,9 @@ def fake(fake_server: FakeQwenServer) -> Iterator[FakeQwen]:
     fake_server.fake.reset()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def proxy(fake_server: FakeQwenServer) -> Iterator[ProxyServer]:
+    """A fresh proxy per test: the pool learns from failures, and tests must not inherit that."""
     with ProxyServer(fake_server.base_url) as server:
         yield server
 
@@ -102,4 +106,5 @@ def make_proxy(fake_server: FakeQwenServer) -> Iterator[Any]:
 
 @pytest.fixture
 def client(proxy: ProxyServer, fake: FakeQwen) -> OpenAI:
+    proxy.app.extensions["qwen2openai"].uploader.forget()  # the reset site no longer has earlier uploads
     return proxy.client()

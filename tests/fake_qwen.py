@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Iterator
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fake_qwen_agents import SCRIPT_ROUTES, ScriptedReplies
+from tests.fake_qwen_auth import AUTH_ROUTES, AuthMixin
 from tests.fake_qwen_wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
     INVALID_INPUT_DETAILS, LINE_ENDINGS, QUOTA_DETAILS, SITE, Payload, make_jwt,
@@ -46,10 +48,15 @@ from tests.fake_qwen_wire import (
     _model_meta, _models, _new_turn, _ok, _profile_record, _rid, _settings_record, _Turn, _turn_events,
     _turn_switches, _Writer, _x5sec_body,
 )
+from tests.fake_qwen_media_out import (
+    MEDIA_CHAT_TYPES, MEDIA_OUT_FAULT_ENDPOINTS, MEDIA_OUT_ROUTES, MediaOutSite, MediaOutSwitches, media_out_checks,
+)
+from tests.fake_qwen_uploads import UPLOAD_FAULT_ENDPOINTS, UPLOAD_ROUTES, UploadScenario, UploadsMixin
 
 log = logging.getLogger(__name__)
 
-FAULT_ENDPOINTS = frozenset({"completions", "chats_new", "models", "auths"})
+FAULT_ENDPOINTS = (frozenset({"completions", "chats_new", "models", "auths"}) | UPLOAD_FAULT_ENDPOINTS
+                   | MEDIA_OUT_FAULT_ENDPOINTS)
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 CHATS_PER_PAGE = 20
 
@@ -58,7 +65,7 @@ CHATS_PER_PAGE = 20
 
 
 @dataclass
-class Scenario:
+class Scenario(UploadScenario, MediaOutSwitches):
     """Every switch of the emulator; defaults reproduce the real site at its harshest."""
 
     answer: str = "Hello from fake Qwen."
@@ -88,6 +95,10 @@ class Scenario:
     usage_input_tokens: int = 812
     reply: Callable[[str], str] | None = None
     x5sec_body_chars: int | None = 62_000  # measured (§11): a body this long draws x5sec; None = off
+    token_ttl: int = 30 * 86400  # life of tokens the site issues (sign-in, session renewal)
+    access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
+    session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
+    account_faults: dict[str, str] | None = None  # account id -> fault on its chats/new and completions
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,7 +108,8 @@ class Scenario:
             (self.content_mode in ("incremental", "cumulative"), f"bad content_mode {self.content_mode!r}"),
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
-        ]
+            (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
+        ] + self._check_uploads() + media_out_checks(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -163,7 +175,9 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/__fake__/scenario", "ctl_scenario", "control"),
     _Route("POST", "/__fake__/reset", "ctl_reset", "control"),
     _Route("GET", "/__fake__/requests", "ctl_requests", "control"),
-)
+    *(_Route(*route) for route in AUTH_ROUTES),
+    *(_Route(*row) for row in SCRIPT_ROUTES),
+) + tuple(_Route(*route) for route in UPLOAD_ROUTES) + tuple(_Route(*route) for route in MEDIA_OUT_ROUTES)
 
 
 # ---------------------------------------------------------------- control flow
@@ -185,7 +199,7 @@ class _AbruptDisconnect(ConnectionAbortedError):
 # ---------------------------------------------------------------- the site
 
 
-class FakeQwen:
+class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
     """The emulated site: routes, state, request log and stream bookkeeping."""
 
     def __init__(self, scenario: Scenario | None = None) -> None:
@@ -196,6 +210,7 @@ class FakeQwen:
         self.chats: dict[str, dict] = {}
         self.invalid_tokens: set[str] = set()
         self.sessions: dict[str, str] = {}
+        self.refresh_tokens: dict[str, str] = {}
         self.accounts: dict[str, str] = {}
         self.open_streams = 0
         self.stalled_streams = 0
@@ -205,6 +220,9 @@ class FakeQwen:
         self._stops: set[str] = set()
         self._release = threading.Event()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
+        self._reset_uploads()
+        self._init_script()
+        self._init_media_out()
 
     # -- control --------------------------------------------------------
 
@@ -223,10 +241,14 @@ class FakeQwen:
             self.chats.clear()
             self.invalid_tokens.clear()
             self.sessions.clear()
+            self.refresh_tokens.clear()
             self.accounts.clear()
             self._emails.clear()
             self._stops.clear()
             self._fault_hits = 0
+            self._reset_uploads()
+            self._init_media_out()
+        self._clear_script()
         self.release_stalls()
 
     def release_stalls(self) -> None:
@@ -267,7 +289,7 @@ class FakeQwen:
             return _detail(405, "Method Not Allowed") if path_known else _detail(404, "Not Found")
         scenario = self.scenario
         try:
-            fault = self._take_fault(scenario, route.kind)
+            fault = self._account_fault(request, route.kind) or self._take_fault(scenario, route.kind)
             if fault is not None:
                 log.info("fake qwen: fault %s on %s %s", fault, request.method, request.path)
                 return self._fault(fault, request, scenario)
@@ -338,12 +360,10 @@ class FakeQwen:
         return _profile_record(token, claims, self._emails.get(user_id, f"{user_id}@example.com"))
 
     def _h_auth_profile(self, request: Request, scenario: Scenario) -> Response:
-        cookie, bearer = _credentials(request)
-        token = cookie or bearer or self.sessions.get(request.cookies.get("qwen_session", ""))
-        claims = self._claims(token) if token else None
-        if token is None or claims is None:
+        found = self._profile_token(request)
+        if found is None:
             return _detail(401, "Your session has expired or the token is invalid. Please sign in again.")
-        return _json(self._profile(token, claims))
+        return _json(self._profile(*found))
 
     def _h_auth_no_slash(self, request: Request, scenario: Scenario) -> Response:
         return _detail(401, "Not authenticated")
@@ -357,7 +377,7 @@ class FakeQwen:
         user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"qwen:{email}"))
         with self._lock:
             self._emails[user_id] = email
-        token = make_jwt(user_id)
+        token = make_jwt(user_id, ttl=self.scenario.token_ttl)
         return token, self._profile(token, _decode_jwt(token) or {})
 
     def _h_signin_v1(self, request: Request, scenario: Scenario) -> Response:
@@ -428,6 +448,7 @@ class FakeQwen:
 
     def _h_chat_detail(self, request: Request, scenario: Scenario, chat_id: str) -> Response:
         chat = self._owned_chat(self._user(request), chat_id)
+        self._reveal_media(chat["id"])
         with self._lock:
             messages = copy.deepcopy(chat["messages"])
         return _ok(_chat_detail(chat, messages))
@@ -479,12 +500,16 @@ class FakeQwen:
         messages = body.get("messages")
         if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
             return _fail("Bad_Request", "Invalid input too many messages")
+        if messages[0].get("chat_type") in MEDIA_CHAT_TYPES:
+            return self._media_turn(request, scenario, chat, body, messages[0])
         if body.get("stream") is not True:
             return _fail("Bad_Request", INTERNAL_DETAILS)
-        return self._start_turn(scenario, chat, body, messages[0])
+        refusal = self._files_refusal(request, scenario, messages[0])
+        return refusal if refusal is not None else self._start_turn(scenario, chat, body, messages[0])
 
     def _start_turn(self, scenario: Scenario, chat: dict, body: dict, message: dict) -> Response:
         """Accepts the turn: records it in the chat, then streams it."""
+        scenario = self._scripted(scenario)
         features = message.get("feature_config") if isinstance(message.get("feature_config"), dict) else {}
         model_id = body.get("model") or chat["model"]
         meta = _model_meta(_models(scenario.models), model_id)

@@ -204,6 +204,18 @@ def test_reply_callable_sees_user_text(fake: FakeQwen, base: str) -> None:
     assert "".join(delta(e)["content"] for e in events[1:]) == "HÉLLO WÖRLD"
 
 
+def test_scripted_replies_are_taken_one_per_turn(fake: FakeQwen, base: str) -> None:
+    fake.configure(reply=lambda text: "from reply")
+    fake.script("first", "second")
+    resp = requests.post(f"{base}/__fake__/script", json={"replies": ["third"]}, timeout=TIMEOUT)
+    assert resp.json() == {"queued": 3}
+    answers = ["".join(delta(e)["content"] for e in run_turn(base, thinking=False)[1][1:]) for _ in range(4)]
+    assert answers == ["first", "second", "third", "from reply"]
+    detail = requests.get(f"{base}/__fake__/script", timeout=TIMEOUT)
+    assert detail.status_code == 405
+    assert requests.post(f"{base}/__fake__/script", json={"replies": [1]}, timeout=TIMEOUT).status_code == 400
+
+
 # ------------------------------------------------------------ validation and gates
 
 

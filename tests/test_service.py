@@ -151,7 +151,7 @@ def test_no_account_configured(make_proxy, fake):
     ("POST", "/v1/chat/completions", {"data": ""}, 400, "empty"),
     ("POST", "/v1/chat/completions", {"json": {"model": "qwen3.7-plus"}}, 400, "messages"),
     ("POST", "/v1/chat/completions", {"json": {**CHAT, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}}, 400, "image_url"),
+        {"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}]}]}}, 400, "image_url"),
     ("GET", "/v1/chat/completions", {}, 405, "POST"),
     ("GET", "/v1/nothing-here", {}, 404, "Unknown route"),
     ("POST", "/v1/chat/completions", {"data": "x" * 30_000}, 413, "MAX_REQUEST_MB"),
@@ -218,12 +218,20 @@ def test_layered_configuration(tmp_path):
 
 @pytest.mark.parametrize(("key", "value"), [
     ("PORT", "eighty"), ("PORT", "70000"), ("SERVER_MODE", "maybe"), ("QWEN_BASE_URL", "chat.qwen.ai"),
-    ("READ_TIMEOUT", "-1"),
+    ("READ_TIMEOUT", "-1"), ("QWEN_OSS_ENDPOINT", "127.0.0.1:9000"), ("ALLOW_PRIVATE_URLS", "sometimes"),
 ])
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError) as info:
         load_settings({key: value, "CONFIG_FILE": ""}, environ={})
     assert str(info.value).startswith(key) and "\n" not in str(info.value)
+
+
+def test_media_settings():
+    defaults = load_settings({"CONFIG_FILE": ""}, environ={})
+    assert defaults.QWEN_OSS_ENDPOINT == "" and defaults.ALLOW_PRIVATE_URLS is False
+    settings = load_settings({"CONFIG_FILE": ""}, environ={
+        "QWEN_OSS_ENDPOINT": "http://127.0.0.1:9000/", "ALLOW_PRIVATE_URLS": "true"})
+    assert settings.QWEN_OSS_ENDPOINT == "http://127.0.0.1:9000" and settings.ALLOW_PRIVATE_URLS is True
 
 
 def test_start_up_with_a_bad_value_prints_one_line(tmp_path):

@@ -84,6 +84,20 @@ def test_sdk_streams_through_pings(make_proxy, fake):
     assert text == "Pings are comments."
 
 
+def test_image_chat_stream_pings_while_the_picture_is_made(make_proxy, fake):
+    fake.configure(first_token_delay=60)  # the site draws silently until released
+    server = make_proxy(PING_INTERVAL_SECONDS=0.05)
+    resp = requests.post(server.url + "/v1/chat/completions", stream=True, timeout=20, headers=AUTH, json={
+        "model": "qwen3.7-plus-image", "stream": True, "messages": [{"role": "user", "content": "a fox"}]})
+    assert resp.status_code == 200
+    chunks = resp.iter_content(chunk_size=None)
+    head = _read_until(chunks, PING * 2)
+    assert not head.replace(PING, b""), "nothing but pings while the picture is being made"
+    fake.release_stalls()
+    events = _events(head + b"".join(chunks))
+    assert events[-1] == "data: [DONE]" and "![image](" in _content(events)
+
+
 def test_pings_while_the_site_pauses_mid_answer(make_proxy, fake):
     fake.configure(answer="abcdef", chunk_chars=2, stall_after_events=3)  # created + two deltas, then silence
     server = make_proxy(PING_INTERVAL_SECONDS=0.05)
@@ -223,14 +237,16 @@ def test_upstream_pool_follows_the_request_cap_unless_set():
     assert settings.UPSTREAM_POOL_SIZE == 40
 
 
-def test_environment_proxies_are_read_once_and_honour_no_proxy(monkeypatch):
-    from qwen_client import QwenClient, new_session
+def test_environment_proxies_are_read_once_per_site_and_honour_no_proxy(monkeypatch):
+    from qwen_client import new_session
 
+    url = "https://chat.qwen.ai/api/v2/chats/new"
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    settings = load_settings({"CONFIG_FILE": "", "QWEN_BASE_URL": "https://chat.qwen.ai"}, environ={})
-    assert QwenClient(settings).proxies.get("https") == "http://proxy.example:3128"
+    for name in ("NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    session = new_session(4)
+    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://proxy.example:3128"
     monkeypatch.setenv("NO_PROXY", "chat.qwen.ai")
-    assert not QwenClient(settings).proxies
-    assert new_session(4).trust_env is False, "requests must not re-read the environment on every call"
+    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"], "read once, not on every call"
+    fresh = new_session(4).merge_environment_settings(url, {}, None, None, None)
+    assert "https" not in fresh["proxies"] and fresh["verify"] is True

@@ -22,7 +22,8 @@ MODELS = [
 
 def test_models_fixture_parses_with_integer_abilities():
     models = t.parse_upstream_models(json.loads((FIXTURES / "models-v2-response.json").read_text()))
-    assert models == [t.ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", 0, thinking=True, search=True, vision=True)]
+    assert models == [t.ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", 0, thinking=True, search=True, vision=True,
+                                  generates=frozenset({"t2i", "image_edit", "t2v"}))]
 
 
 @pytest.mark.parametrize("payload", [
@@ -98,7 +99,9 @@ def _body(**kw):
     (_body(thinking_budget=-1), "thinking_budget"),
     (_body(max_tokens=0), "max_tokens"),
     (_body(max_completion_tokens="9"), "max_completion_tokens"),
-    (_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}), "response_format"),
+    (_body(response_format={"type": "xml"}), "response_format"),
+    (_body(tools=[{"type": "function", "function": {"description": "no name"}}]), "tools[0].function.name"),
+    (_body(tool_choice="required"), "tool_choice"),
     (_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x"}}]}]),
      "messages[0].content[0]"),
 ])
@@ -108,11 +111,12 @@ def test_bad_requests_name_the_field(body, param):
     assert info.value.status == 400 and info.value.param == param
 
 
-def test_image_parts_are_refused_not_dropped():
+def test_image_parts_are_kept_as_media_not_dropped():
     body = _body(messages=[{"role": "user", "content": [
         {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])
-    with pytest.raises(InvalidRequest, match="image_url"):
-        t.parse_chat_request(body)
+    chat = t.parse_chat_request(body)
+    assert chat.messages == (("user", "what is this?"),)
+    assert [(p.kind, p.source, p.filename) for p in chat.media] == [("image", "https://x/y.png", "y.png")]
 
 
 @pytest.mark.parametrize(("extra", "thinking"), [
@@ -201,7 +205,10 @@ def test_text_parts_are_joined_and_tool_history_kept():
         {"role": "user", "content": "thanks"},
     ]))
     assert chat.messages[0] == ("system", "rule 1\nrule 2")
-    assert "get" in chat.messages[2][1] and "sunny" in chat.messages[3][1]
+    assert chat.messages[2] == ("assistant", '<tool_call>\n{"name": "get", "arguments": {}}\n</tool_call>')
+    assert chat.messages[3] == ("tool", '<tool_response name="get" tool_call_id="call_1">\nsunny\n</tool_response>')
+    text = t.flatten_messages(chat.messages, 10)
+    assert '</assistant>\n<tool_response name="get" tool_call_id="call_1">\nsunny\n</tool_response>\n<user>' in text
 
 
 # ----------------------------------------------------------------- payloads
@@ -350,11 +357,12 @@ def test_openai_usage(usage, expected):
             u["completion_tokens_details"]["reasoning_tokens"]) == expected
 
 
-def test_json_schema_refusal_uses_the_words_langchain_checks():
-    with pytest.raises(InvalidRequest) as info:
-        t.parse_chat_request(_body(response_format={"type": "json_schema", "json_schema": {}}))
-    assert "'response_format' of type 'json_schema' is not supported with this model" in info.value.message
-    assert t.parse_chat_request(_body(response_format={"type": "json_object"})).model == "qwen3.7-plus"
+def test_response_formats_are_accepted():
+    assert t.parse_chat_request(_body(response_format={"type": "text"})).agent is None
+    assert t.parse_chat_request(_body(response_format={"type": "json_object"})).agent.output.kind == "json_object"
+    spec = t.parse_chat_request(_body(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}})).agent
+    assert (spec.output.kind, spec.output.name, spec.output.strict) == ("json_schema", "x", True)
 
 
 def test_max_tokens_cuts_the_answer_with_length():

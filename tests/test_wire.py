@@ -78,7 +78,7 @@ def _inspection():
      errors.RateLimited, 429, "upstream_rate_limited"),
     ({"success": False, "code": "Bad_Request", "details": "top level"}, errors.UpstreamError, 502, "upstream_bad_request"),
     ({"success": False, "data": {"code": "Not_Found", "details": "CHAT_NOT_FOUND"}},
-     errors.UpstreamError, 502, "upstream_not_found"),
+     errors.ChatNotFound, 502, "upstream_not_found"),
     ({"code": "FAIL_SYS_USER_VALIDATE"}, errors.RateLimited, 429, "upstream_challenge"),
     ({"choices": [{"delta": {"status": "error", "extra": {"error": {"code": "internal_error", "details": "x"}}}}]},
      errors.UpstreamError, 502, "upstream_internal_error"),
