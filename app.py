@@ -14,12 +14,14 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
@@ -35,13 +37,14 @@ from errors import (
     InvalidRequest,
     ModelNotFound,
     ProxyError,
+    RateLimited,
     Unauthorized,
     UpstreamAuthError,
     UpstreamError,
 )
 from fetch import RemoteFetcher
 from identity_pool import Identity, IdentityPool
-from qwen_client import ModelCatalog, QwenClient, new_session
+from qwen_client import AnswerStream, ModelCatalog, QwenClient, new_session
 from uploads import Uploader
 
 __version__ = "0.1.0"
@@ -49,6 +52,7 @@ logger = logging.getLogger("qwen2openai")
 bp = Blueprint("api", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PING = b": ping\n\n"
 ENDPOINTS = [
     "GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "POST /v1/images/generations",
     "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
@@ -97,6 +101,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
+    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS)
+    app.wsgi_app = admission  # type: ignore[method-assign]
+    app.extensions["qwen2openai.admission"] = admission
     if not len(pool):
         logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
     if settings.AUTO_REFRESH_TOKEN:
@@ -143,6 +150,110 @@ def install_redaction(settings: Settings) -> None:
             log.removeFilter(old)
         log.addFilter(RedactingFilter(secrets))
     logging.getLogger("urllib3").setLevel(logging.WARNING)  # it logs full URLs
+
+
+# --------------------------------------------------------------------------- admission
+
+
+class Admission:
+    """WSGI middleware: at most ``limit`` requests at once, and a 429 at once for the next, never a wait.
+
+    A request holds its place until its response body ends or is closed, so a
+    stream counts for as long as it is open. Health checks and CORS preflights
+    are never counted: a busy proxy still answers them.
+    """
+
+    EXEMPT_PATHS = frozenset({"/health"})
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in self.EXEMPT_PATHS or environ.get("REQUEST_METHOD") == "OPTIONS":
+            return self.app(environ, start_response)
+        with self._lock:
+            admitted = self.active < self.limit
+            if admitted:
+                self.active += 1
+        if not admitted:
+            return self._refuse(environ, start_response)
+        length: list[int] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            length.extend(int(v) for k, v in headers if k.lower() == "content-length" and v.isdigit())
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = self.app(environ, start)
+        except BaseException:
+            self._leave()
+            raise
+        return _ReleasingBody(body, self._leave, length[0] if length else None)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        error = RateLimited(
+            f"The proxy is serving as many requests as it is set to ({self.limit}, MAX_CONCURRENT_REQUESTS). "
+            "Retry in a moment.", code="too_many_concurrent_requests", retry_after=1,
+        )
+        body = json.dumps(error.to_dict()).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *error.headers().items()]
+        if environ.get("HTTP_ORIGIN"):  # flask-cors does not see this answer; browsers must still read it
+            headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+        start_response("429 Too Many Requests", headers)
+        return [body]
+
+    def snapshot(self) -> dict[str, int]:
+        return {"active": self.active, "limit": self.limit}
+
+
+class _ReleasingBody:
+    """A response body that calls ``release`` once, before the client can have all of it.
+
+    A body of known length releases as its last bytes are handed to the server; a
+    streamed one when it is exhausted, which comes before the server writes the end
+    of a chunked body; either releases when closed. So a client that has read a whole
+    answer finds its place already free.
+    """
+
+    __slots__ = ("_body", "_iterator", "_release", "_left")
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None], length: int | None = None) -> None:
+        self._body, self._iterator, self._left = body, iter(body), length
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> _ReleasingBody:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            data = next(self._iterator)
+        except StopIteration:
+            self._done()
+            raise
+        if self._left is not None:
+            self._left -= len(data)
+            if self._left <= 0:
+                self._done()
+        return data
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 # --------------------------------------------------------------------------- errors
@@ -213,11 +324,13 @@ def _key_matches(given: str, keys: Iterable[str]) -> bool:
 
 
 class Turn:
-    """One upstream turn: the site's event stream, its translator, and the account to give back.
+    """One upstream turn: the site's answer stream, its translator, and the account to give back.
 
     With tools or a JSON ``response_format`` the answer is judged when it is
     complete; one corrective turn may follow in the same upstream chat
     (``follow_up(prompt, parent_id)`` posts it) before the client sees a call.
+    Answers are read through an :class:`AnswerStream`, so reading can wait with a
+    timeout: while the site is silent, keep-alives can go out (see ``batches``).
     """
 
     def __init__(
@@ -226,23 +339,32 @@ class Turn:
         on_complete: Callable[[Any], None] | None = None,
         on_end: Callable[[], None] | None = None,
     ) -> None:
-        self._events, self.translator, self.label = events, translator, label
+        self._events, self.translator, self.label = _answer_stream(events, label), translator, label
         #: A corrective turn into the same chat; the answer done well; the turn over (well or not).
         self._follow_up, self._on_complete, self._on_end = follow_up, on_complete, on_end
         #: Called once with the outcome when the turn ends: gives the account back.
         self.on_close: Callable[[Exception | None], None] = lambda error: None
         self._pending: list[dict] = []
+        self._heartbeat: float | None = None  # seconds without a chunk that make a keep-alive; None = wait
+        self._waiting = False  # prime() gave up waiting: the stream starts before any output
         self._batches = self._read()
         self._closed = False
         self._started = time.monotonic()
 
-    def prime(self) -> None:
+    def prime(self, wait: float | None = None) -> None:
         """Read until the first output, so failures before it still get a real HTTP status.
 
-        On failure the turn is closed (upstream response included) and the error raised.
+        ``wait`` bounds this for streams: after that many seconds without output the
+        stream starts anyway (200, then keep-alive pings), and a later failure becomes
+        an error event instead. On failure the turn is closed (upstream response
+        included) and the error raised.
         """
+        self._heartbeat = wait
         try:
             for batch in self._batches:
+                if batch is None:
+                    self._waiting = True
+                    return
                 if batch:
                     self._pending = batch
                     return
@@ -250,23 +372,35 @@ class Turn:
             self.close(exc if isinstance(exc, Exception) else None)
             raise
 
+    def batches(self, heartbeat: float | None = None) -> Iterator[list[dict]]:
+        """OpenAI chunks for the whole answer, closing ones included, grouped as they arrive.
+
+        With ``heartbeat``, an empty list comes whenever that many seconds pass without
+        a chunk (the caller sends a keep-alive), and first of all if ``prime`` gave up.
+        """
+        self._heartbeat = heartbeat
+        if self._pending or self._waiting:
+            yield self._pending
+            self._pending = []
+        for batch in self._batches:
+            if batch is None:
+                yield []
+            elif batch:
+                yield batch
+
     def chunks(self) -> Iterator[dict]:
         """OpenAI chunks for the whole answer, the closing ones included."""
-        yield from self._pending
-        self._pending = []
-        for batch in self._batches:
+        for batch in self.batches():
             yield from batch
 
-    def _read(self) -> Iterator[list[dict]]:
-        """Batches of chunks from the upstream answer (and its corrective turn), then the closing ones."""
+    def _read(self) -> Iterator[list[dict] | None]:
+        """Batches of chunks from the upstream answer (and its corrective turn), then the closing ones.
+
+        ``None`` stands for ``heartbeat`` seconds without a chunk.
+        """
         agent = self.translator if isinstance(self.translator, replies.AgentTranslator) else None
         while True:
-            for event in self._events:
-                batch = self.translator.feed(event)
-                if batch:
-                    yield batch
-                if self.translator.finished:
-                    break
+            yield from self._answer()
             self._check_answer()
             if agent is None:
                 break
@@ -276,11 +410,33 @@ class Turn:
             logger.info("turn %s: answer broke the %s contract; one corrective turn", self.label,
                         "tool" if agent.spec.calls_tools else "JSON")
             self._events.close()
-            self._events = self._follow_up(agent.retry_prompt, agent.response_id)
+            self._events = _answer_stream(self._follow_up(agent.retry_prompt, agent.response_id), self.label)
             agent.retry()
         yield self.translator.finish()
         if self._on_complete is not None:
             self._on_complete(self.translator)
+
+    def _answer(self) -> Iterator[list[dict] | None]:
+        """Chunks of the current upstream answer, the events that arrived together in one batch."""
+        feed, deadline = self.translator.feed, self._deadline()
+        while not self.translator.finished:
+            events = self._events.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if events == []:  # the end; None is a wait that timed out
+                return
+            chunks: list[dict] = []
+            for event in events or ():
+                chunks += feed(event)
+                if self.translator.finished:
+                    break
+            if chunks:
+                yield chunks
+                deadline = self._deadline()
+            elif deadline is not None and time.monotonic() >= deadline:
+                yield None
+                deadline = self._deadline()
+
+    def _deadline(self) -> float | None:
+        return None if self._heartbeat is None else time.monotonic() + self._heartbeat
 
     def _check_answer(self) -> None:
         if not self.translator.has_output:
@@ -291,7 +447,7 @@ class Turn:
             raise EmptyResponse("The Qwen site ended the turn without an answer (only thinking, or nothing). Retry.")
 
     def collect(self) -> dict[str, Any]:
-        for _ in self.chunks():
+        for _ in self.batches():
             pass
         return self.translator.completion()
 
@@ -305,6 +461,11 @@ class Turn:
             self.on_close(error)
             outcome = type(error).__name__ if error else "ok"
             logger.info("turn %s: %s in %.0f ms", self.label, outcome, (time.monotonic() - self._started) * 1000)
+
+
+def _answer_stream(events: Iterator[dict], label: str) -> AnswerStream:
+    """The site's own answer streams as they are; any other source of events (image turns) behind one."""
+    return events if isinstance(events, AnswerStream) else AnswerStream(events=events, label=label)
 
 
 def open_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.ModelChoice, identity: Identity | None) -> Turn:
@@ -339,7 +500,7 @@ def start_turn(gw: Gateway, chat: transform.ChatRequest, choice: transform.Model
     turn = Turn(exchange.events, _translator(chat), label, follow_up=exchange.post,
                 on_complete=lambda done: gw.conversations.complete(exchange, done),
                 on_end=lambda: gw.conversations.settle(exchange))
-    turn.prime()
+    turn.prime(gw.settings.PING_INTERVAL_SECONDS if chat.stream else None)
     return turn
 
 
@@ -402,12 +563,16 @@ def _for_caller(exc: ProxyError, own_credentials: bool) -> ProxyError:
     return exc
 
 
-def sse(turn: Turn) -> Iterator[bytes]:
-    """Encode a turn as SSE; a failure after the first byte becomes an error event, then ``[DONE]``."""
+def sse(turn: Turn, heartbeat: float | None = None) -> Iterator[bytes]:
+    """Encode a turn as SSE; a failure after the first byte becomes an error event, then ``[DONE]``.
+
+    Chunks that arrived together leave in one write; ``heartbeat`` seconds without
+    any send a ``: ping`` comment, so neither nginx nor the client times out.
+    """
     error: Exception | None = None
     try:
-        for chunk in turn.chunks():
-            yield encode_event(chunk)
+        for chunks in turn.batches(heartbeat):
+            yield b"".join([encode_event(chunk) for chunk in chunks]) if chunks else PING
     except ProxyError as exc:
         error = exc
         logger.warning("stream ended by upstream failure: %s", exc.message)
@@ -422,7 +587,8 @@ def sse(turn: Turn) -> Iterator[bytes]:
 
 
 def encode_event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    """One SSE event: compact JSON, UTF-8 as is (orjson: the relay's hot path)."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 # --------------------------------------------------------------------------- routes
@@ -463,6 +629,7 @@ def health() -> Response:
         },
         "accounts": accounts,
         "models": gw.catalog.snapshot(),
+        "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
     })
 
 
@@ -524,7 +691,8 @@ def chat_completions() -> Response:
     choice, headers = vision_model(gw, chat, choice, models)
     turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
     if chat.stream:
-        return Response(sse(turn), mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
+        return Response(sse(turn, gw.settings.PING_INTERVAL_SECONDS), mimetype="text/event-stream",
+                        headers={**SSE_HEADERS, **headers})
     error: ProxyError | None = None
     try:
         response = jsonify(turn.collect())

@@ -59,8 +59,14 @@ class Settings:
     #: Longest silence tolerated between two bytes of an answer (thinking can be quiet 50 s+).
     READ_TIMEOUT: float = 180.0
     MODELS_CACHE_TTL: float = 3600.0
-    #: Connections kept per account; sized for the streams one worker serves at once.
-    UPSTREAM_POOL_SIZE: int = 200
+    #: Connections kept per account; unset, it follows MAX_CONCURRENT_REQUESTS (every request may stream).
+    UPSTREAM_POOL_SIZE: int = 1000
+    #: Requests one process serves at once; above it, 429 with Retry-After (gunicorn.conf.py sizes
+    #: worker_connections from it). /health is never counted.
+    MAX_CONCURRENT_REQUESTS: int = 1000
+    #: Seconds of upstream silence after which a stream gets a ``: ping`` comment; also the longest
+    #: wait for the first output before a stream is committed to HTTP 200.
+    PING_INTERVAL_SECONDS: float = 15.0
     #: The auth host of the newest sign-in scheme, which renews tokens from a ``refresh_token`` cookie.
     QWEN_AUTH_URL: str = "https://auth.qwen.ai"
     QWEN_AUTH_VERSION: str = "0.3.12"
@@ -210,6 +216,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "READ_TIMEOUT": _positive(float),
     "MODELS_CACHE_TTL": _positive(float),
     "UPSTREAM_POOL_SIZE": _positive(int),
+    "MAX_CONCURRENT_REQUESTS": _positive(int),
+    "PING_INTERVAL_SECONDS": _positive(float),
     "QWEN_AUTH_URL": _base_url,
     "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
     "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
@@ -289,6 +297,7 @@ def load_settings(
             values[key] = parse(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}: {exc} (got {_describe(value)})") from None
+    values.setdefault("UPSTREAM_POOL_SIZE", values.get("MAX_CONCURRENT_REQUESTS", Settings.MAX_CONCURRENT_REQUESTS))
     settings = Settings(**values)
     cookies = settings.COOKIE + read_cookie_file(settings.COOKIE_FILE)
     return dataclasses.replace(settings, COOKIE=tuple(dict.fromkeys(cookies)))

@@ -39,7 +39,7 @@ from errors import ChatNotFound, InvalidRequest, ProxyError, UpstreamError
 if TYPE_CHECKING:
     from config import Settings
     from identity_pool import Identity
-    from qwen_client import QwenClient
+    from qwen_client import AnswerStream, QwenClient
     from uploads import Uploader
 
 logger = logging.getLogger("qwen2openai.conversations")
@@ -285,21 +285,22 @@ class UpstreamChat:
 
     def post(
         self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
-    ) -> Iterator[dict]:
+    ) -> AnswerStream:
         """One turn into this chat; ``parent_id`` is the response it answers (§10)."""
         payload = self.payload(content, parent_id, files)
         return self.client.stream_completion(self.identity, self.chat_id or "", payload)
 
     def open(
         self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
-    ) -> Iterator[dict]:
-        """``post``, with the first event already read: a refused turn raises here, before any output."""
+    ) -> AnswerStream:
+        """``post``, with the first events waited for: a refused turn raises here, before any output."""
         events = self.post(content, parent_id, files)
         try:
-            first = next(events)
-        except StopIteration:
-            return _resume(None, events)
-        return _resume(first, events)
+            events.peek()
+        except BaseException:
+            events.close()
+            raise
+        return events
 
 
 def body_chars(payload: Mapping[str, Any]) -> int:
@@ -348,22 +349,12 @@ def _no_events() -> Iterator[dict]:
     yield from ()
 
 
-def _resume(first: dict | None, rest: Iterator[dict]) -> Iterator[dict]:
-    """The stream with its first event put back (a generator, so it can be closed)."""
-    try:
-        if first is not None:
-            yield first
-        yield from rest
-    finally:
-        rest.close()
-
-
 @dataclasses.dataclass
 class Exchange:
     """One request's upstream side: its chat, the first turn's events, and the keys to remember it by."""
 
     upstream: UpstreamChat
-    events: Iterator[dict]
+    events: Iterator[dict]  # the turn's AnswerStream once open
     keys: list[str]
     continued: bool
     kept: bool = False
@@ -372,7 +363,7 @@ class Exchange:
     def chat_id(self) -> str:
         return self.upstream.chat_id or ""
 
-    def post(self, content: str, parent_id: str | None) -> Iterator[dict]:
+    def post(self, content: str, parent_id: str | None) -> AnswerStream:
         """A corrective turn into the same chat."""
         return self.upstream.post(content, parent_id)
 

@@ -170,7 +170,7 @@ def _collect(turn: Turn) -> generation.ImageTranslator:
 
 def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str, ratio: str | None,
                     inputs: Sequence[InputImage], identity: Identity | None, model_name: str,
-                    include_usage: bool = False) -> Turn:
+                    include_usage: bool = False, wait: float | None = None) -> Turn:
     """Start an image turn (§8.1, §8.2) like ``app.open_turn`` starts a chat turn, failover included."""
     gw = st.gw
 
@@ -184,7 +184,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
                                                 include_usage)
         events = st.calls.image_events(account, chat_id, payload, READBACK_TRIES, gw.settings.MEDIA_RETRY_DELAY)
         turn = Turn(events, translator, f"{account.label} {choice.upstream.id} {choice.kind} chat={chat_id}")
-        turn.prime()
+        turn.prime(wait)  # a stream starts (and pings) after ``wait`` s without output; images take a while
         return turn
 
     account, turn = on_account(gw, identity, start, IMAGE_QUOTA)
@@ -440,9 +440,11 @@ def generation_chat(chat: transform.ChatRequest, identity: Identity | None) -> R
     wanted = "image_edit" if inputs else "t2i"
     if wanted != choice.kind and wanted in choice.upstream.generates:
         choice = generation.GenerationChoice(wanted, choice.upstream)
-    turn = open_image_turn(st, choice, prompt, None, inputs, identity, chat.model, chat.include_usage)
+    ping = st.gw.settings.PING_INTERVAL_SECONDS
+    turn = open_image_turn(st, choice, prompt, None, inputs, identity, chat.model, chat.include_usage,
+                           wait=ping if chat.stream else None)
     if chat.stream:
-        return Response(sse(turn), mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(sse(turn, ping), mimetype="text/event-stream", headers=SSE_HEADERS)
     error: ProxyError | None = None
     try:
         return jsonify(turn.collect())

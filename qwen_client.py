@@ -10,18 +10,24 @@ refusal shape of the site into a typed ``errors`` exception (§1.3, §1.4,
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
+import os
+import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import requests
 import urllib3
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
 
 import oss
 from errors import (
@@ -53,6 +59,10 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 #: Risk-control challenges clear after a couple of minutes at best (§11).
 CHALLENGE_COOLDOWN = 120.0
 DONE = object()
+_END = object()
+#: Network reads the reader may run ahead of the client (a few hundred bytes each from the site):
+#: bounds the memory of a stream, and how many events one write to the client can carry.
+ANSWER_QUEUE_DEPTH = 64
 
 # --------------------------------------------------------------------------- SSE
 
@@ -279,9 +289,33 @@ def new_chat_id(answer: Any) -> str | None:
     return None
 
 
+class _Session(requests.Session):
+    """requests' session, reading proxy and CA settings from the environment once per site, not per call.
+
+    With ``trust_env`` requests scans ``os.environ`` two or three times on every call
+    (proxies, NO_PROXY, CA bundle): a fifth of the CPU of a call to the site, and every
+    turn makes two. The environment does not change while the service runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        if not self.trust_env or proxies or verify not in (True, None):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        origin = "/".join(url.split("/", 3)[:3])
+        found = self._environment.get(origin)
+        if found is None:
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            found = self._environment[origin] = (get_environ_proxies(url), bundle)
+        return {"proxies": merge_setting(dict(found[0]), self.proxies), "stream": merge_setting(stream, self.stream),
+                "verify": merge_setting(found[1] or verify, self.verify), "cert": merge_setting(cert, self.cert)}
+
+
 def new_session(pool_size: int) -> requests.Session:
     """One session per account: its own cookies and a connection pool sized for its streams."""
-    session = requests.Session()
+    session = _Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -448,28 +482,17 @@ class QwenClient:
         if error is not None and not isinstance(error, ChatNotFound):
             raise error
 
-    def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> Iterator[dict]:
-        """Post one turn and yield the site's stream events; raise on any error form (§6).
+    def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> AnswerStream:
+        """Post one turn; its events arrive through the returned stream, its errors too (§6).
 
-        The upstream response is closed when the generator is closed, so a
-        client that hangs up releases the upstream connection at once.
+        The request is made by the stream's reader thread, so even the wait for the
+        site's first byte happens where the caller can send keep-alives meanwhile.
         """
-        resp = self._request(
-            identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-            data=encode_body(payload), stream=True, referer=f"/c/{chat_id}",
-        )
-        try:
-            content_type = resp.headers.get("Content-Type", "")
-            if resp.status_code >= 400 or "text/event-stream" not in content_type:
-                body = _read_bounded(resp, MAX_ERROR_BODY)
-                error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
-                raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
-            yield from _events(resp)
-        except requests.RequestException as exc:
-            raise transport_error(exc) from None
-        finally:
-            resp.close()
+        def post() -> requests.Response:
+            return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
+                                 data=encode_body(payload), stream=True, referer=f"/c/{chat_id}")
 
+        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS)
 
     # -- uploads (§7) ---------------------------------------------------
 
@@ -573,27 +596,189 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _events(resp: requests.Response) -> Iterator[dict]:
-    decoder, seen = SSEDecoder(), 0
-    # chunk_size=None: yield each HTTP chunk as it arrives instead of waiting to fill a buffer.
-    for data in decoder.iter_payloads(resp.iter_content(chunk_size=None)):
-        event = _decode_event(data)
-        if event is DONE:
+class AnswerStream:
+    """An answer of the site, read by a background thread into a small bounded queue.
+
+    The request thread waits on :meth:`get` with a timeout, so it can send keep-alives
+    while the site is silent: a socket read that timed out cannot be resumed, so the
+    waiting happens on the queue, never on the socket. Under gunicorn's gevent worker
+    the thread is a greenlet. For a turn's stream the queue holds the raw bytes as they
+    came, and :meth:`get` decodes everything that has arrived at once, so a burst of
+    events costs one pass. :meth:`close` ends the upstream request at once, even while
+    the reader waits on a silent site: the socket is shut down under it.
+
+    ``AnswerStream(events=...)`` puts any blocking iterator of events behind the same
+    queue (it is closed, in its own thread, at its next event after :meth:`close`).
+    Iterating the stream yields its events one by one, without keep-alives.
+    """
+
+    def __init__(
+        self, post: Callable[[], requests.Response] | None = None, label: str = "", *,
+        events: Iterator[dict] | None = None, first_wait: float | None = None,
+    ) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
+        self._response: requests.Response | None = None
+        self._closed = False
+        self._decoder = SSEDecoder()
+        self._seen = 0
+        self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
+        self._held: list[dict] | None = None  # what peek() took
+        self._buffer: collections.deque[dict] = collections.deque()  # what iteration has yet to hand out
+        #: How long :meth:`peek` waits for the first events by default.
+        self.first_wait = first_wait
+        target, source = (self._read, post) if post is not None else (self._pump, events)
+        threading.Thread(target=target, args=(source,), name=f"answer {label}", daemon=True).start()
+
+    def _read(self, post: Callable[[], requests.Response]) -> None:
+        end: Any = _END
+        resp = None
+        try:
+            resp = self._response = post()
+            if self._closed:
+                return
+            _check_stream(resp)
+            # chunk_size=None: each HTTP chunk as it arrives instead of waiting to fill a buffer.
+            for chunk in resp.iter_content(chunk_size=None):
+                self._queue.put(chunk)
+                if self._closed:
+                    return
+        except requests.RequestException as exc:
+            end = transport_error(exc)
+        except Exception as exc:  # the thread's boundary: every failure goes to the request thread
+            end = exc
+        finally:
+            if resp is not None:
+                resp.close()
+        if not self._closed:
+            self._queue.put(end)
+
+    def _pump(self, events: Iterator[dict]) -> None:
+        end: Any = _END
+        try:
+            for event in events:
+                self._queue.put([event])
+                if self._closed:
+                    return
+        except Exception as exc:  # the thread's boundary, as in _read
+            end = exc
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        if not self._closed:
+            self._queue.put(end)
+
+    def get(self, timeout: float | None = None) -> list[dict] | None:
+        """Every event that has arrived, waiting up to ``timeout`` seconds for the first.
+
+        ``None`` when nothing came in time, ``[]`` once the answer has ended; the
+        error that ended it is raised after the events that came before it (§6.5, §6.6).
+        """
+        if self._held:
+            held, self._held = self._held, None
+            return held
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._end is None:
+            try:
+                item = self._queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            data: list[bytes] = []
+            events: list[dict] = []
+            while True:  # everything that is there: events that arrived together leave together
+                kind = item.__class__
+                if kind is bytes:
+                    data.append(item)
+                elif kind is list:
+                    events += item
+                else:
+                    self._end = item
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if data:
+                events = self._decode(self._decoder.feed(b"".join(data))) + events
+            if self._end is _END:
+                events += self._decode(self._decoder.finish())
+                if not self._seen and self._decoder.stray:
+                    stray = self._decoder.stray
+                    self._end = _error_for_body(200, "text/event-stream", stray, None) or EmptyResponse(
+                        "The Qwen site sent a stream without events.")
+            if events:
+                return events
+        if self._end is _END:
+            return []
+        raise self._end
+
+    def _decode(self, payloads: list[bytes]) -> list[dict]:
+        events = []
+        for data in payloads:
+            try:
+                event = _decode_event(data)
+            except ProxyError as exc:
+                self._end = exc
+                break
+            if event is DONE:
+                self._end = _END
+                break
+            if event is not None:
+                events.append(event)
+        self._seen += len(events)
+        return events
+
+    def peek(self, timeout: float | None = -1.0) -> None:
+        """Wait for the first events (``first_wait`` seconds by default) and keep them for the next read.
+
+        A turn the site refuses raises here, before any output; an answer still silent
+        when the wait ends raises nothing yet.
+        """
+        if self._held is None:
+            self._held = self.get(self.first_wait if timeout == -1.0 else timeout)
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> dict:
+        while not self._buffer:
+            events = self.get()
+            if not events:
+                raise StopIteration
+            self._buffer.extend(events)
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        """Stop reading and release the upstream connection now; any thread may call it, more than once."""
+        if self._closed:
             return
-        if event is not None:
-            seen += 1
-            yield event
-    if not seen and decoder.stray:
-        raise _error_for_body(200, "text/event-stream", decoder.stray, None) or EmptyResponse(
-            "The Qwen site sent a stream without events."
-        )
+        self._closed = True
+        if self._response is not None:
+            try:
+                self._response.raw.shutdown()  # wakes a read blocked on a silent site
+            except (OSError, ValueError, RuntimeError):
+                pass  # already closed or back in the pool: nothing left to stop
+        while True:  # free a reader blocked on a full queue; it then sees _closed and ends
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _check_stream(resp: requests.Response) -> None:
+    """Raise what a completion answer that is not an event stream stands for (§6.7)."""
+    content_type = resp.headers.get("Content-Type", "")
+    if resp.status_code >= 400 or "text/event-stream" not in content_type:
+        body = _read_bounded(resp, MAX_ERROR_BODY)
+        error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
+        raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
 
 
 def _decode_event(data: bytes) -> Any:
     if data.strip() == b"[DONE]":
         return DONE
     try:
-        event = json.loads(data)
+        event = orjson.loads(data)  # the relay's hot path: several times faster than json
     except ValueError:
         text = data.decode("utf-8", "replace")
         if looks_like_waf(text):

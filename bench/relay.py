@@ -8,8 +8,8 @@ Prints a table and one JSON line:
 - relay rate: chunks per second the proxy passes through from an unpaced upstream sending one
   character per event, and whether every character arrived.
 
-This runs the proxy on Werkzeug's threaded server (``python app.py``); the gunicorn + gevent figures
-belong to the production-serving benchmark.
+This runs the proxy on Werkzeug's threaded server (``python app.py``); ``python -m bench.serve``
+measures the production setup (gunicorn + gevent).
 """
 
 from __future__ import annotations

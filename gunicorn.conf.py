@@ -1,0 +1,48 @@
+"""Gunicorn settings for production: ``gunicorn -c gunicorn.conf.py app:app``.
+
+gevent workers hold thousands of long streams each. The address and the request
+cap come from the app's own settings (config.json, then the environment), so one
+place configures both. Any value here can still be overridden on the command
+line or in ``GUNICORN_CMD_ARGS``.
+"""
+
+import os
+import sys
+
+from config import ConfigError, load_settings
+
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    print(f"configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+bind = f"{_settings.HOST}:{_settings.PORT}"
+worker_class = "gevent"
+# One process by default: account state (turn-taking, cool-downs) lives in the process.
+# WEB_CONCURRENCY=N runs N workers, each with its own accounts state and its own request cap.
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# Room above the app's cap, so a request past it is accepted and refused with a 429 by the app
+# instead of waiting unaccepted in the listen queue.
+worker_connections = _settings.MAX_CONCURRENT_REQUESTS + 100
+# gevent workers notify the arbiter while streams run; this only catches a blocked event loop.
+timeout = 60
+# A restart (HUP, deploy, stop) lets open streams finish: thinking runs for minutes, video for five.
+graceful_timeout = 330
+# Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle connections, never us
+# under a request it is about to send.
+keepalive = 75
+# No preload: the gevent worker patches the standard library first, then imports the app.
+preload_app = False
+# Heartbeat files in memory: a container's overlay /tmp can stall them.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# Access log without secrets: the path without its query string, no user, no referer, no headers
+# (the API key travels in Authorization, which is never logged).
+accesslog = "-"
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
+errorlog = "-"
+loglevel = "info"
+# gunicorn 25.1+ opens a control socket at one fixed path per user, which a second instance
+# (a test, a benchmark, another deployment) would fight over; nothing here uses it.
+control_socket_disable = True
