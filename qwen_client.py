@@ -1,11 +1,10 @@
 """A ``requests``-based client of the Qwen Chat site (chat.qwen.ai).
 
-It owns everything that touches the wire: the browser-like headers (§1.2), the
-two calls of a turn (``chats/new`` then ``chat/completions``), an incremental
-SSE decoder over bytes, the model list with its cache, uploads (STS grant,
-signed OSS PUT, document parsing, §7), and the one classifier that turns every
-refusal shape of the site into a typed ``errors`` exception (§1.3, §1.4,
-§6.6–§6.8). Section numbers refer to ``qwen-web-protocol.md``.
+It owns every call to the site: the browser-like headers (§1.2), the two calls
+of a turn (``chats/new`` then ``chat/completions``), the answer stream read in
+the background, the model list with its cache, and uploads (STS grant, signed
+OSS PUT, document parsing, §7). What the site's bytes mean (SSE framing, every
+refusal shape) is ``qwen_wire``'s. Section numbers refer to ``qwen-web-protocol.md``.
 """
 
 from __future__ import annotations
@@ -16,14 +15,12 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import requests
 import urllib3
 from requests.sessions import merge_setting
@@ -32,11 +29,9 @@ from requests.utils import get_environ_proxies
 import oss
 from errors import (
     ChatNotFound,
-    ContentFiltered,
     EmptyResponse,
     InvalidRequest,
     ProxyError,
-    RateLimited,
     ServiceUnavailable,
     UpstreamAuthError,
     UpstreamBroken,
@@ -44,6 +39,17 @@ from errors import (
     UpstreamTimeout,
 )
 from transform import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
+from qwen_wire import (
+    decode_event,
+    DONE,
+    encode_body,
+    error_for_body,
+    MAX_ERROR_BODY,
+    new_chat_id,
+    oss_error,
+    shorten,
+    SSEDecoder,
+)
 from uploads import StsGrant, parse_grant
 
 if TYPE_CHECKING:
@@ -52,241 +58,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: How much of a refusal we read to classify it; WAF pages are ~16 KiB.
-MAX_ERROR_BODY = 64 * 1024
 #: Largest JSON answer we accept (model lists with long descriptions run to hundreds of KiB).
 MAX_JSON_BODY = 16 * 1024 * 1024
-#: Risk-control challenges clear after a couple of minutes at best (§11).
-CHALLENGE_COOLDOWN = 120.0
-DONE = object()
 _END = object()
 #: Network reads the reader may run ahead of the client (a few hundred bytes each from the site):
 #: bounds the memory of a stream, and how many events one write to the client can carry.
 ANSWER_QUEUE_DEPTH = 64
 
-# --------------------------------------------------------------------------- SSE
-
-
-class SSEDecoder:
-    """Incremental ``text/event-stream`` decoder: bytes in, complete ``data`` payloads out.
-
-    Lines end at CR, LF or CRLF, also when a CRLF straddles two reads; UTF-8 is
-    left to the JSON parser, so a character cut between reads survives. Comment
-    lines are ignored; text that is not SSE at all (an HTML page sent as an
-    event stream) is kept in ``stray`` so the caller can say what it was.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[bytes] = []
-        self._skip_lf = False
-        self.stray = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        if self._skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        self._skip_lf = False
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
-            self._skip_lf = buffer.endswith(b"\r")
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
-        events: list[bytes] = []
-        for line in lines:
-            self._line(line, events)
-        return events
-
-    def iter_payloads(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """Every ``data`` payload of a body read in chunks, the unterminated last one included."""
-        for chunk in chunks:
-            yield from self.feed(chunk)
-        yield from self.finish()
-
-    def finish(self) -> list[bytes]:
-        """Flush at end of body: the site may close without a final blank line."""
-        events: list[bytes] = []
-        if self._buffer:
-            self._line(self._buffer, events)
-            self._buffer = b""
-        self._line(b"", events)
-        return events
-
-    def _line(self, line: bytes, events: list[bytes]) -> None:
-        if not line:
-            if self._data:
-                events.append(b"\n".join(self._data))
-                self._data = []
-        elif line.startswith(b"data:"):
-            value = line[5:]
-            self._data.append(value[1:] if value[:1] == b" " else value)
-        elif line[:1] != b":" and line.split(b":", 1)[0] not in (b"event", b"id", b"retry"):
-            if len(self.stray) < MAX_ERROR_BODY:
-                self.stray += line + b"\n"
-
-
-# --------------------------------------------------------------------------- classifier
-
-_WAF_MARKERS = ("aliyun_waf", "aliyuncaptcha", "captcha", "人机验证", "安全验证", "punish", "x5sec", "baxia")
-_CHALLENGE_CODES = ("FAIL_SYS_USER_VALIDATE", "RGV587")
-_RATE_CODES = {"ratelimited", "quota_limit", "quotalimited", "parallellimited"}
-#: Details that make a rate-limit code mean passing overload, not a spent quota of ``num`` hours (§8.1).
-_BUSY_MARKERS = ("访问量较大", "稍后再试", "try again later", "too many requests")
-
-
-def looks_like_waf(text: str) -> bool:
-    lowered = text.lower()
-    return any(marker in lowered for marker in _WAF_MARKERS)
-
-
-def challenge_error(what: str) -> RateLimited:
-    return RateLimited(
-        f"The Qwen site challenged this account ({what}). Wait at least two minutes; if it keeps "
-        "happening, open chat.qwen.ai in a browser with this account and pass the check.",
-        code="upstream_challenge",
-        retry_after=CHALLENGE_COOLDOWN,
-    )
-
-
-def _short(text: Any, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def error_for_code(code: str, details: str = "", num: Any = None) -> ProxyError:
-    """Map a business error code of the site (§1.3, §6.6, §11) to our exception."""
-    said = f"{code}: {_short(details)}" if details else code
-    lowered = code.lower()
-    if any(c.lower() in lowered for c in _CHALLENGE_CODES):
-        return challenge_error(said)
-    if lowered == "unauthorized" or "token has expired" in details.lower():
-        return UpstreamAuthError(
-            f"The Qwen site refused the account's token ({said}). Copy a fresh cookie or token "
-            "from a logged-in browser into the configuration."
-        )
-    if lowered in _RATE_CODES:
-        busy = any(marker in details.lower() for marker in _BUSY_MARKERS)
-        hours = num if isinstance(num, (int, float)) and num > 0 and not busy else None
-        wait = f"about {hours:g} hour(s)" if hours else "a minute"
-        return RateLimited(
-            f"The Qwen site rate-limited this account ({said}). Retry after {wait}, or add accounts.",
-            code="upstream_rate_limited",
-            retry_after=hours * 3600 if hours else 60.0,
-        )
-    if lowered == "data_inspection_failed":
-        return ContentFiltered(f"Qwen's content moderation refused this conversation ({said}). Rephrase it.")
-    if lowered == "invalid_input":
-        return InvalidRequest(f"The Qwen site rejected the input ({said}).", code="upstream_invalid_input")
-    if lowered == "not_found" or "chat_not_found" in details.lower():
-        return ChatNotFound(f"The Qwen site lost the chat of this turn ({said}). Retry.")
-    return UpstreamError(f"The Qwen site refused the request ({said}).", code="upstream_" + lowered[:40])
-
-
-_ERROR_KEYS = frozenset({"ret", "error", "success", "code"})
-
-
-def classify_payload(obj: Any, actual_status: int | None = None) -> ProxyError | None:
-    """The error an upstream JSON object stands for, or ``None`` if it is not one (§1.3, §1.4, §6.6)."""
-    if not isinstance(obj, Mapping):
-        return UpstreamError(f"The Qwen site sent an unexpected answer: {_short(obj)}")
-    if _ERROR_KEYS.isdisjoint(obj):
-        return _delta_error(obj)  # the hot path: an ordinary stream event
-    ret = obj.get("ret")
-    if isinstance(ret, list) and any(c in str(r) for r in ret for c in _CHALLENGE_CODES):
-        return challenge_error("x5sec/RGV587 risk control")
-    error = obj.get("error")
-    if error:
-        if isinstance(error, Mapping):
-            return error_for_code(*_code_details(error), error.get("num"))
-        return UpstreamError(f"The Qwen site reported an error mid-answer: {_short(error)}")
-    if obj.get("success") is False:
-        data = obj.get("data") if isinstance(obj.get("data"), Mapping) else {}
-        code, details = _code_details(data) if data.get("code") else _code_details(obj)
-        if code == "unknown" and actual_status:
-            return error_for_status(actual_status, details)
-        return error_for_code(code, details, data.get("num", obj.get("num")))
-    code = obj.get("code")
-    if isinstance(code, str) and any(c in code for c in _CHALLENGE_CODES):
-        return challenge_error(code)
-    return _delta_error(obj)
-
-
-def _code_details(obj: Mapping[str, Any]) -> tuple[str, str]:
-    code = obj.get("code") or obj.get("error_code") or "unknown"
-    details = obj.get("details") or obj.get("detail") or obj.get("message") or ""
-    return str(code), str(details)
-
-
-def _delta_error(obj: Mapping[str, Any]) -> ProxyError | None:
-    """The fourth in-stream form: a delta with ``status: "error"`` and ``extra.error``."""
-    choices = obj.get("choices")
-    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
-        return None
-    delta = choices[0].get("delta")
-    if not isinstance(delta, dict) or delta.get("status") != "error":
-        return None
-    extra = delta.get("extra") if isinstance(delta.get("extra"), Mapping) else {}
-    error = extra.get("error")
-    if isinstance(error, Mapping):
-        return error_for_code(*_code_details(error))
-    return UpstreamError(f"The Qwen site reported an error mid-answer: {_short(error or delta)}")
-
-
-def error_for_status(status: int, body: str = "") -> ProxyError:
-    """Map an HTTP error status of the site (with its body) to our exception (§6.7)."""
-    if looks_like_waf(body):
-        return challenge_error(f"WAF verification page, HTTP {status}")
-    said = f"HTTP {status}" + (f": {_short(body, 120)}" if body and not _is_html(body) else "")
-    if status == 401:
-        return UpstreamAuthError(f"The Qwen site refused the account's token ({said}). Update the cookie or token.")
-    if status == 429:
-        return RateLimited(f"The Qwen site is rate-limiting ({said}). Retry later.", retry_after=60.0)
-    if status == 503:
-        return ServiceUnavailable(f"The Qwen site is unavailable ({said}). Retry later.", retry_after=30.0)
-    if status == 504:
-        return UpstreamTimeout(f"The Qwen site timed out ({said}). Retry later.")
-    return UpstreamError(f"The Qwen site answered {said}.", code=f"upstream_http_{status}")
-
-
-def _is_html(text: str) -> bool:
-    head = text.lstrip()[:64].lower()
-    return head.startswith(("<!doctype", "<html")) or "<html" in head
-
-
-def _error_for_body(status: int, content_type: str, body: bytes, actual: str | None) -> ProxyError | None:
-    """Classify a complete non-stream body; ``None`` means it is a usable JSON answer."""
-    text = body.decode("utf-8", "replace")
-    actual_status = int(actual) if actual and actual.isdigit() else None
-    if status >= 400:
-        return error_for_status(status, text)
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        if text.startswith("data:"):  # a refusal sent as its only stream event (§6.7)
-            frames = SSEDecoder().iter_payloads([body])
-            errors = (_error_for_body(status, content_type, frame, actual) for frame in frames)
-            return next((e for e in errors if e is not None), None) or UpstreamError(
-                "The Qwen site answered with an event stream where a JSON answer was expected.")
-        if looks_like_waf(text):
-            return challenge_error("WAF verification page")
-        kind = "an HTML page" if _is_html(text) else f"non-JSON text ({content_type or 'no content type'})"
-        return UpstreamError(f"The Qwen site answered with {kind} instead of an API response.")
-    return classify_payload(obj, actual_status)
-
-
 # --------------------------------------------------------------------------- client
-
-
-def new_chat_id(answer: Any) -> str | None:
-    """The chat id wherever a ``chats/new`` answer puts it (§4: ``data.id`` now, other places seen)."""
-    data = answer.get("data") if isinstance(answer, Mapping) else None
-    chat = data.get("chat") if isinstance(data, Mapping) else None
-    for holder in (data, chat, answer):
-        if isinstance(holder, Mapping):
-            for key in ("id", "chat_id"):
-                if isinstance(holder.get(key), str) and holder[key]:
-                    return holder[key]
-    return None
 
 
 class _Session(requests.Session):
@@ -385,7 +164,7 @@ class QwenClient:
         """A JSON call: any refusal shape becomes a typed exception, else the parsed body."""
         with self._request(identity, method, path, stream=True, **kwargs) as resp:
             body = _read_bounded(resp, MAX_JSON_BODY if resp.status_code < 400 else MAX_ERROR_BODY)
-            error = _error_for_body(
+            error = error_for_body(
                 resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
             )
         if error is not None:
@@ -449,7 +228,7 @@ class QwenClient:
                 cookie = resp.cookies.get("refresh_token")
         except requests.RequestException as exc:
             raise transport_error(exc) from None
-        error = _error_for_body(status, content_type, body, None)
+        error = error_for_body(status, content_type, body, None)
         if status == 401 or isinstance(error, UpstreamAuthError):
             raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
                                     "and copy a fresh cookie.")
@@ -476,7 +255,7 @@ class QwenClient:
             if resp.status_code == 204:
                 return
             body = _read_bounded(resp, MAX_ERROR_BODY)
-            error = _error_for_body(
+            error = error_for_body(
                 resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
             )
         if error is not None and not isinstance(error, ChatNotFound):
@@ -543,7 +322,7 @@ class QwenClient:
             if status in PARSE_READY:
                 return
             if status in PARSE_FAILED:
-                reason = _short(row.get("error_msg") or status, 160)
+                reason = shorten(row.get("error_msg") or status, 160)
                 raise InvalidRequest(
                     f"Qwen could not read the document '{name}' ({reason}). Check the file, or send its text instead.",
                     code="document_parse_failed",
@@ -572,28 +351,6 @@ def _poll_delays() -> Iterator[float]:
     yield from (0.5, 1.0)
     while True:
         yield 2.0
-
-
-def oss_error(status: int, body: str) -> ProxyError:
-    """OSS refuses in XML (``<Code>SignatureDoesNotMatch</Code>``); say which refusal it was."""
-    found = re.search(r"<Code>([^<]{1,64})</Code>", body)
-    code = found.group(1) if found else f"HTTP {status}"
-    if status >= 500:
-        return ServiceUnavailable(f"Qwen's file storage failed ({code}, HTTP {status}). Retry.", retry_after=10.0)
-    if code == "RequestTimeTooSkewed":
-        return UpstreamError("Qwen's file storage refused the upload: this server's clock is off. Sync it (NTP).",
-                             code="upstream_upload_refused", retryable=False)
-    return UpstreamError(f"Qwen's file storage refused the upload ({code}, HTTP {status}). Retry; if it persists, "
-                         "the site changed how uploads are signed.", code="upstream_upload_refused")
-
-
-def encode_body(payload: Mapping[str, Any]) -> bytes:
-    """JSON as the web app's ``JSON.stringify`` sends it: compact, UTF-8 unescaped.
-
-    The site's size rule counts the body (§11); ``\\uXXXX`` escapes would make
-    CJK text six times longer on the wire than in the browser.
-    """
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class AnswerStream:
@@ -704,7 +461,7 @@ class AnswerStream:
                 events += self._decode(self._decoder.finish())
                 if not self._seen and self._decoder.stray:
                     stray = self._decoder.stray
-                    self._end = _error_for_body(200, "text/event-stream", stray, None) or EmptyResponse(
+                    self._end = error_for_body(200, "text/event-stream", stray, None) or EmptyResponse(
                         "The Qwen site sent a stream without events.")
             if events:
                 return events
@@ -716,7 +473,7 @@ class AnswerStream:
         events = []
         for data in payloads:
             try:
-                event = _decode_event(data)
+                event = decode_event(data)
             except ProxyError as exc:
                 self._end = exc
                 break
@@ -770,27 +527,8 @@ def _check_stream(resp: requests.Response) -> None:
     content_type = resp.headers.get("Content-Type", "")
     if resp.status_code >= 400 or "text/event-stream" not in content_type:
         body = _read_bounded(resp, MAX_ERROR_BODY)
-        error = _error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
+        error = error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
         raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
-
-
-def _decode_event(data: bytes) -> Any:
-    if data.strip() == b"[DONE]":
-        return DONE
-    try:
-        event = orjson.loads(data)  # the relay's hot path: several times faster than json
-    except ValueError:
-        text = data.decode("utf-8", "replace")
-        if looks_like_waf(text):
-            raise challenge_error("WAF verification page inside the stream") from None
-        raise UpstreamError(f"The Qwen site sent an unreadable event: {_short(text, 80)}") from None
-    if not isinstance(event, dict):
-        logger.debug("ignoring a stream event that is not an object")
-        return None
-    error = classify_payload(event)
-    if error is not None:
-        raise error
-    return event
 
 
 def _read_bounded(resp: requests.Response, limit: int) -> bytes:

@@ -546,7 +546,7 @@ class StreamTranslator:
 
     Feed it decoded events in order; it keeps the whole answer, thinking, usage
     and sources, so a non-stream answer is the same translator's ``completion()``.
-    Error events are the client's business (``qwen_client`` raises on them).
+    Error events are the client's business (``qwen_wire`` classifies them, ``qwen_client`` raises).
     """
 
     def __init__(

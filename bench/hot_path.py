@@ -18,7 +18,7 @@ import time
 
 from agents import parse_agent_spec
 from app import encode_event
-from qwen_client import SSEDecoder, _decode_event
+from qwen_wire import SSEDecoder, decode_event
 from replies import translator_for
 from transform import StreamTranslator
 
@@ -44,7 +44,7 @@ def relay(chunks: list[bytes], tools: bool = False) -> int:
     translator = translator_for(parse_agent_spec(TOOLS), plain, lambda: "call_bench") if tools else plain()
     sent = 0
     for data in SSEDecoder().iter_payloads(chunks):
-        for chunk in translator.feed(_decode_event(data)):
+        for chunk in translator.feed(decode_event(data)):
             sent += len(encode_event(chunk))
     return sent
 

@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from config import load_settings
-from qwen_client import SSEDecoder
+from qwen_wire import SSEDecoder
 from tests.fake_qwen import FakeQwen, FakeQwenServer, make_jwt
 
 SHARED = Path(os.environ.get("QWEN2OPENAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))

@@ -7,7 +7,7 @@ import pytest
 import generation as m
 import transform as t
 from errors import InvalidRequest, ModelNotFound, NotFound, RateLimited
-from qwen_client import error_for_code
+from qwen_wire import error_for_code
 
 ALL = frozenset({"t2i", "image_edit", "t2v"})
 MODELS = [t.ModelInfo("qwen3.8-max", thinking=True), t.ModelInfo("qwen3.7-plus", generates=ALL),

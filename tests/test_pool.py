@@ -25,7 +25,7 @@ from errors import (
     UpstreamTimeout,
 )
 from identity_pool import Failure, Identity, IdentityPool, PoolPolicy, TokenStore, classify
-from qwen_client import challenge_error, error_for_code, error_for_status
+from qwen_wire import challenge_error, error_for_code, error_for_status
 from tests.fake_qwen import make_jwt
 
 

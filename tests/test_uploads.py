@@ -9,7 +9,7 @@ import pytest
 
 from errors import ServiceUnavailable, UpstreamError
 from identity_pool import Identity
-from qwen_client import oss_error
+from qwen_wire import oss_error
 from tests.fake_qwen import make_jwt
 from uploads import Uploader, parse_grant
 

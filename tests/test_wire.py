@@ -1,4 +1,4 @@
-"""The pure wire layer of ``qwen_client``: SSE decoding and failure classification."""
+"""The pure wire layer (``qwen_wire``): SSE decoding and failure classification."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 import errors
-from qwen_client import SSEDecoder, _decode_event, _error_for_body, classify_payload, error_for_status, new_chat_id
+from qwen_wire import SSEDecoder, decode_event, error_for_body, classify_payload, error_for_status, new_chat_id
 from tests.conftest import FIXTURES
 
 EVENTS = [{"a": 1}, {"text": "известни\u2028 ünï 😀"}, {"b": [1, 2]}]
@@ -126,12 +126,12 @@ def test_error_for_status(status, body, cls):
 
 def test_html_pages_never_leak_into_messages():
     page = (FIXTURES / "signin-v1-405-page.partial.html").read_bytes()
-    error = _error_for_body(405, "text/html", page, None)
+    error = error_for_body(405, "text/html", page, None)
     assert isinstance(error, errors.UpstreamError) and "<" not in error.message
 
 
 def test_waf_page_with_200_is_a_challenge():
-    error = _error_for_body(200, "text/html", b"<!doctypehtml><html><meta name=\"aliyun_waf_aa\">", None)
+    error = error_for_body(200, "text/html", b"<!doctypehtml><html><meta name=\"aliyun_waf_aa\">", None)
     assert isinstance(error, errors.RateLimited) and error.retry_after >= 120
 
 
@@ -150,11 +150,11 @@ def test_chat_id_wherever_the_site_puts_it(answer, chat_id):
 
 @pytest.mark.parametrize("data", [b"1", b"[1, 2]", b'"text"', b"null"])
 def test_events_that_are_not_objects_are_skipped(data):
-    assert _decode_event(data) is None
+    assert decode_event(data) is None
 
 
 def test_unreadable_events_say_what_they_were():
     with pytest.raises(errors.UpstreamError, match="unreadable"):
-        _decode_event(b"{not json")
+        decode_event(b"{not json")
     with pytest.raises(errors.RateLimited):
-        _decode_event(b"<html><body>aliyun_waf_aa</body></html>")
+        decode_event(b"<html><body>aliyun_waf_aa</body></html>")
