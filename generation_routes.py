@@ -33,15 +33,13 @@ from werkzeug.datastructures import FileStorage
 import generation
 import media
 import transform
-from app import (
-    SSE_HEADERS, Gateway, Turn, _for_caller, _json_body, _models, authenticate, encode_event, sse,
-    upload_media,
-)
+from app import Gateway, _json_body, _models, authenticate
 from cdn import CdnFetcher
 from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout
 from identity_pool import Identity
 from qwen_client import new_session
 from qwen_generation import GenerationClient
+from turns import SSE_HEADERS, Turn, encode_event, for_caller, sse, upload_media
 
 logger = logging.getLogger("qwen2openai")
 bp = Blueprint("generation", __name__)
@@ -171,7 +169,7 @@ def _collect(turn: Turn) -> generation.ImageTranslator:
 def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str, ratio: str | None,
                     inputs: Sequence[InputImage], identity: Identity | None, model_name: str,
                     include_usage: bool = False, wait: float | None = None) -> Turn:
-    """Start an image turn (§8.1, §8.2) like ``app.open_turn`` starts a chat turn, failover included."""
+    """Start an image turn (§8.1, §8.2) like ``turns.open_turn`` starts a chat turn, failover included."""
     gw = st.gw
 
     def start(account: Identity) -> Turn:
@@ -210,7 +208,7 @@ def on_account(
         return identity, start(identity)
     except ProxyError as exc:
         identity.close()
-        raise _for_caller(exc, True) from None
+        raise for_caller(exc, True) from None
 
 
 # --------------------------------------------------------------------------- input pictures

@@ -28,7 +28,7 @@ from errors import (
     UpstreamTimeout,
 )
 
-logger = logging.getLogger("qwen_client")  # one logger for everything about the site
+logger = logging.getLogger(__name__)
 
 #: How much of a refusal we read to classify it; WAF pages are ~16 KiB.
 MAX_ERROR_BODY = 64 * 1024

@@ -17,7 +17,7 @@ import pstats
 import time
 
 from agents import parse_agent_spec
-from app import encode_event
+from turns import encode_event
 from qwen_wire import SSEDecoder, decode_event
 from replies import translator_for
 from transform import StreamTranslator
