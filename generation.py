@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import transform
+import translator
 from errors import InvalidRequest, ModelNotFound, NotFound
 
 IMAGE_KINDS = frozenset({"t2i", "image_edit"})
@@ -384,7 +385,7 @@ def video_markdown(url: str) -> str:
     return f'<video src="{url}" controls></video>\n\n[Download the video]({url})'
 
 
-class ImageTranslator(transform.StreamTranslator):
+class ImageTranslator(translator.StreamTranslator):
     """Image turns in chat form (§8.1): each new image URL becomes a Markdown image in ``content``.
 
     Image planning (``image_gen_think``) goes to ``reasoning_content``; answer
@@ -539,11 +540,11 @@ def chat_chunk(completion_id: str, model: str, created: int, delta: Mapping[str,
 def usage_chunk(completion_id: str, model: str, created: int) -> dict[str, Any]:
     """Video turns report no tokens; the chunk is still sent when the client asked for usage."""
     return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [], "usage": transform.openai_usage(None)}
+            "choices": [], "usage": translator.openai_usage(None)}
 
 
 def chat_completion(completion_id: str, model: str, created: int, content: str) -> dict[str, Any]:
     return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
                          "finish_reason": "stop"}],
-            "usage": transform.openai_usage(None)}
+            "usage": translator.openai_usage(None)}

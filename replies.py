@@ -328,7 +328,7 @@ def _judge_json(prose: str, output: OutputFormat) -> Verdict:
 
 
 class AgentTranslator:
-    """Wraps a ``transform.StreamTranslator`` to apply an ``AgentSpec`` to its answer text.
+    """Wraps a ``translator.StreamTranslator`` to apply an ``AgentSpec`` to its answer text.
 
     Thinking passes straight through. Answer text goes through a
     ``CallScanner``; when the upstream answer is over the caller calls

@@ -23,6 +23,7 @@ import orjson
 import media
 import replies
 import transform
+import translator
 from errors import EmptyResponse, ProxyError, Unauthorized, UpstreamAuthError, UpstreamError
 from identity_pool import Identity
 from qwen_client import AnswerStream
@@ -221,8 +222,8 @@ def _translator(chat: transform.ChatRequest) -> Any:
     """The chunk translator of one completion; tools and JSON output wrap the plain one."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def plain() -> transform.StreamTranslator:
-        return transform.StreamTranslator(completion_id, chat.model, created, chat.include_usage, chat.max_tokens)
+    def plain() -> translator.StreamTranslator:
+        return translator.StreamTranslator(completion_id, chat.model, created, chat.include_usage, chat.max_tokens)
 
     return replies.translator_for(chat.agent, plain, lambda: f"call_{uuid.uuid4().hex[:24]}")
 

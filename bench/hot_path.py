@@ -20,7 +20,7 @@ from agents import parse_agent_spec
 from turns import encode_event
 from qwen_wire import SSEDecoder, decode_event
 from replies import translator_for
-from transform import StreamTranslator
+from translator import StreamTranslator
 
 TOOLS = {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]}

@@ -10,6 +10,7 @@ import pytest
 import agents as a
 import replies as r
 import transform as t
+from translator import StreamTranslator
 from errors import InvalidRequest, ModelOutputInvalid
 
 WEATHER = {"type": "function", "function": {
@@ -273,7 +274,7 @@ def events(answer, size=4, thinking=""):
 
 def translator(agent_spec, include_usage=False):
     ids = count(1)
-    make = lambda: t.StreamTranslator("chatcmpl-1", "m", 1, include_usage)  # noqa: E731
+    make = lambda: StreamTranslator("chatcmpl-1", "m", 1, include_usage)  # noqa: E731
     return r.translator_for(agent_spec, make, lambda: f"call_{next(ids)}")
 
 
@@ -296,8 +297,8 @@ def deltas(chunks):
 
 
 def test_plain_requests_get_the_plain_translator():
-    assert isinstance(translator(None), t.StreamTranslator)
-    assert isinstance(translator(spec(tool_choice="none")), t.StreamTranslator)
+    assert isinstance(translator(None), StreamTranslator)
+    assert isinstance(translator(spec(tool_choice="none")), StreamTranslator)
 
 
 def test_stream_fragments_follow_the_strict_rules():

@@ -7,6 +7,7 @@ import json
 import pytest
 
 import transform as t
+import translator
 from errors import InvalidRequest, ModelNotFound
 from tests.conftest import FIXTURES, fixture_events
 
@@ -248,12 +249,12 @@ def test_completion_payload_has_one_message_and_agreeing_chat_types():
     (["", "x"], ["", "x"]),
 ])
 def test_text_accumulator(chunks, expected_pieces):
-    acc = t.TextAccumulator()
+    acc = translator.TextAccumulator()
     assert [acc.feed(c) for c in chunks] == expected_pieces
 
 
 def test_text_held_at_the_end_is_flushed_as_an_increment():
-    acc = t.TextAccumulator()
+    acc = translator.TextAccumulator()
     assert [acc.feed("a"), acc.feed("ab"), acc.flush()] == ["a", "", "ab"] and acc.text == "aab"
 
 
@@ -265,11 +266,11 @@ TEXTS = ["x" * 40, "ha ha ha ha!", "....!!!...", "**bold** and **more**", "1. 1.
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
 def test_every_chunking_reconstructs_the_text(text, size):
     pieces = [text[i:i + size] for i in range(0, len(text), size)]
-    increments = t.TextAccumulator()
+    increments = translator.TextAccumulator()
     out = "".join(increments.feed(p) for p in pieces) + increments.flush()
     assert out == text
     if len(pieces) >= 3:
-        snapshots = t.TextAccumulator()
+        snapshots = translator.TextAccumulator()
         out = "".join(snapshots.feed(text[: i + size]) for i in range(0, len(text), size)) + snapshots.flush()
         assert out == text
 
@@ -280,12 +281,12 @@ def test_every_chunking_reconstructs_the_text(text, size):
     (["abc", "abXd", "abXde"], ["abc", "Xd", "e"]),           # rewritten, then growing again
 ])
 def test_snapshot_differ(snapshots, pieces):
-    differ = t.SnapshotDiffer()
+    differ = translator.SnapshotDiffer()
     assert [differ.feed(s) for s in snapshots] == pieces
 
 
 def test_fixture_stream_translates_to_reasoning_then_answer():
-    tr = t.StreamTranslator("chatcmpl-1", "qwen3.7-plus-thinking", 100, include_usage=True)
+    tr = translator.StreamTranslator("chatcmpl-1", "qwen3.7-plus-thinking", 100, include_usage=True)
     chunks = [c for e in fixture_events("t2t-stream-thinking-summary.sse") for c in tr.feed(e)]
     assert tr.response_id == "9f8fa867-2a3c-40ea-b5ba-36268d21c726" and tr.finished
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -301,12 +302,12 @@ def test_fixture_stream_translates_to_reasoning_then_answer():
 
 
 def test_no_usage_chunk_unless_asked():
-    tr = t.StreamTranslator("c", "m", 1)
+    tr = translator.StreamTranslator("c", "m", 1)
     assert len(tr.finish()) == 1
 
 
 def test_cumulative_thinking_summary_emits_only_new_text():
-    tr = t.StreamTranslator("c", "m", 1)
+    tr = translator.StreamTranslator("c", "m", 1)
 
     def summary(*thoughts):
         return {"choices": [{"delta": {"phase": "thinking_summary", "content": "",
@@ -318,21 +319,21 @@ def test_cumulative_thinking_summary_emits_only_new_text():
 
 
 def test_old_think_phase_and_missing_phase():
-    tr = t.StreamTranslator("c", "m", 1)
+    tr = translator.StreamTranslator("c", "m", 1)
     tr.feed({"choices": [{"delta": {"phase": "think", "content": "hmm"}}]})
     tr.feed({"choices": [{"delta": {"role": "assistant", "content": "plain"}}]})  # no phase: output_schema ignored
     assert tr.reasoning_text == "hmm" and tr.answer.text == "plain"
 
 
 def test_unknown_phases_and_finished_thinking_do_not_end_or_leak():
-    tr = t.StreamTranslator("c", "m", 1)
+    tr = translator.StreamTranslator("c", "m", 1)
     assert tr.feed({"choices": [{"delta": {"phase": "thinking_summary", "status": "finished", "content": ""}}]}) == []
     assert tr.feed({"choices": [{"delta": {"phase": "code_interpreter", "content": "print(1)"}}]}) == []
     assert not tr.finished and tr.answer.text == ""
 
 
 def test_search_sources_become_url_citations():
-    tr = t.StreamTranslator("c", "m", 1)
+    tr = translator.StreamTranslator("c", "m", 1)
     info = [{"title": "A", "url": "https://a.example/1", "hostname": "a.example"},
             {"title": "B", "url": "https://b.example/2", "hostname": "b.example"}]
     tr.feed({"choices": [{"delta": {"phase": "web_search", "content": "", "extra": {"web_search_info": info}}}]})
@@ -352,7 +353,7 @@ def test_search_sources_become_url_citations():
      (5, 7, 12, 4)),
 ])
 def test_openai_usage(usage, expected):
-    u = t.openai_usage(usage)
+    u = translator.openai_usage(usage)
     assert (u["prompt_tokens"], u["completion_tokens"], u["total_tokens"],
             u["completion_tokens_details"]["reasoning_tokens"]) == expected
 
@@ -366,7 +367,7 @@ def test_response_formats_are_accepted():
 
 
 def test_max_tokens_cuts_the_answer_with_length():
-    tr = t.StreamTranslator("c", "m", 1, max_tokens=5)
+    tr = translator.StreamTranslator("c", "m", 1, max_tokens=5)
 
     def answer(text, output, reasoning=0):
         return {"choices": [{"delta": {"phase": "answer", "content": text}}],
@@ -389,7 +390,7 @@ def test_max_completion_tokens_wins_over_max_tokens():
     {"type": "response.created", "response": {"id": "r1", "chat_id": "c"}},
 ])
 def test_response_id_from_either_created_form(event):
-    tr = t.StreamTranslator("c", "m", 1)
+    tr = translator.StreamTranslator("c", "m", 1)
     assert tr.feed(event) == [] and tr.response_id == "r1"
 
 
@@ -398,4 +399,4 @@ def test_response_id_from_either_created_form(event):
     {"choices": []}, {"choices": [{"delta": None}]}, {"usage": {"input_tokens": 3}},
 ])
 def test_marker_events_produce_nothing(event):
-    assert t.StreamTranslator("c", "m", 1).feed(event) == []
+    assert translator.StreamTranslator("c", "m", 1).feed(event) == []
