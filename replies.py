@@ -21,6 +21,7 @@ from typing import Any
 import schema as jsonschema_lite
 from agents import CLOSE_TAG, OPEN_TAG, AgentSpec, OutputFormat
 from errors import ModelOutputInvalid
+from translator import StreamTranslator
 
 _OPEN = re.compile(re.escape(OPEN_TAG), re.I)
 _CLOSE = re.compile(re.escape(CLOSE_TAG), re.I)
@@ -496,14 +497,9 @@ class AgentTranslator:
         result["usage"] = _add_usage(self._earlier_usage, result.get("usage"))
         return result
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        if not self._sent_role:
-            delta = {"role": "assistant", **delta}
-            self._sent_role = True
-        return {
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
+    #: The plain translator's chunk shape and role-on-the-first-chunk rule (it reads only id, created,
+    #: model and _sent_role, which this class has too).
+    _chunk = StreamTranslator._chunk
 
 
 def _add_usage(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict[str, Any] | None:
