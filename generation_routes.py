@@ -39,7 +39,7 @@ from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, Upst
 from identity_pool import Identity
 from qwen_client import new_session
 from qwen_generation import GenerationClient
-from turns import SSE_HEADERS, Turn, encode_event, for_caller, sse, upload_media
+from turns import PING, SSE_HEADERS, Turn, encode_event, for_caller, sse, upload_media
 
 logger = logging.getLogger("qwen2openai")
 bp = Blueprint("generation", __name__)
@@ -53,9 +53,6 @@ IMAGE_QUOTA, VIDEO_QUOTA = "images", "videos"
 DOWNLOAD_TRIES = 5
 #: Consecutive failed status polls tolerated before a video wait gives up.
 MAX_POLL_FAILURES = 3
-#: Longest silence on a video stream: proxies and CDNs cut idle connections after 60-100 s.
-PING_EVERY = 15.0
-PING = b": ping\n\n"
 #: Input pictures of one edit: the site's per-message image limit (§7.6), which also spares the
 #: account's upload grants (~20 per window, §7.1); the site itself takes up to 20 (§8.2).
 MAX_INPUT_IMAGES = media.MAX_COUNT["image"]
@@ -379,7 +376,7 @@ def video_state(st: Studio, job: generation.VideoJob, owner: Identity) -> genera
 
 def poll_video(st: Studio, job: generation.VideoJob, owner: Identity,
                budget: float) -> Iterator[generation.TaskState | None]:
-    """Poll until the task ends or ``budget`` seconds pass; yields None at least every ``PING_EVERY`` s.
+    """Poll until the task ends or ``budget`` seconds pass; yields None at least every ``PING_INTERVAL_SECONDS``.
 
     The last item is the final (or, when out of time, the latest) state. A
     passing failure of one poll is tolerated; ``MAX_POLL_FAILURES`` in a row,
@@ -403,7 +400,7 @@ def poll_video(st: Studio, job: generation.VideoJob, owner: Identity,
             return
         wait = min(st.gw.settings.VIDEO_POLL_INTERVAL, left)
         while wait > 0:
-            step = min(wait, PING_EVERY)
+            step = min(wait, st.gw.settings.PING_INTERVAL_SECONDS)
             time.sleep(step)
             wait -= step
             yield None
