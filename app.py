@@ -298,7 +298,7 @@ def authenticate() -> Identity | None:
             "Missing API key. Send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
         )
     if token.strip() or cookie.strip():
-        return Identity(token=token.strip(), cookie=cookie.strip(), pool_size=4, label="client")
+        return Identity(token=token.strip(), cookie=cookie.strip(), pool_size=4, label="client", ephemeral=True)
     return None
 
 

@@ -238,6 +238,8 @@ class ChatJanitor:
             except ProxyError as exc:
                 logger.info("could not delete upstream chat %s: %s", chat_id, exc.message)
             finally:
+                if identity.ephemeral:  # a caller's own account: its session was opened just for this
+                    identity.close()
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()

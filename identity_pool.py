@@ -63,8 +63,12 @@ def parse_cookie(cookie: str) -> dict[str, str]:
 class Identity:
     """One Qwen account: its token, its browser cookie and its own HTTP session."""
 
-    def __init__(self, *, token: str = "", cookie: str = "", pool_size: int = 10, label: str = "") -> None:
+    def __init__(
+        self, *, token: str = "", cookie: str = "", pool_size: int = 10, label: str = "", ephemeral: bool = False,
+    ) -> None:
         self.cookies = parse_cookie(cookie)
+        #: A caller's own credentials (client mode): not in the pool; whoever uses it last closes it.
+        self.ephemeral = ephemeral
         self.token = token or self.cookies.get("token", "")
         self.source = "cookie" if cookie else "token"
         self.label = label

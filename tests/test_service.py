@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from config import ConfigError, load_settings
+from identity_pool import Identity
 from tests.conftest import API_KEY, COOKIE, TOKEN
 from tests.fake_qwen import make_jwt
 
@@ -116,6 +117,25 @@ def test_client_mode_uses_the_callers_credentials(make_proxy, fake):
     assert f"token={own}" in cookie and "ssxmod_itna=abc" in cookie
     with pytest.raises(openai.AuthenticationError):
         server.client(api_key=f"sk-wrong;{own};").chat.completions.create(**CHAT)
+
+
+def test_client_mode_sessions_are_closed_after_their_chat_is_deleted(make_proxy, fake, monkeypatch):
+    opened = []
+    real_session = Identity.session
+
+    def tracking(self):
+        if self.ephemeral:
+            opened.append(self)
+        return real_session.fget(self)
+
+    monkeypatch.setattr(Identity, "session", property(tracking))
+    server = make_proxy(SERVER_MODE=False, COOKIE="", CONTINUE_CHATS=False)
+    client = server.client(api_key=f"{API_KEY};{make_jwt('client-user-42')};")
+    for _ in range(3):
+        assert client.chat.completions.create(**CHAT).choices[0].message.content
+    assert server.app.extensions["qwen2openai"].conversations.janitor.wait_idle(5)
+    assert len(fake.requests_to("/api/v2/chats/new")) == 3 and len(fake.chats) == 0  # each chat deleted
+    assert opened and all(identity._session is None for identity in opened)
 
 
 def test_client_mode_token_refused_is_401(make_proxy, fake):
