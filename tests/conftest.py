@@ -83,6 +83,12 @@ def fake(fake_server: FakeQwenServer) -> Iterator[FakeQwen]:
 
 
 @pytest.fixture
+def base(fake_server: FakeQwenServer) -> str:
+    """The emulator's URL, for tests that speak its protocol directly."""
+    return fake_server.base_url
+
+
+@pytest.fixture
 def proxy(fake_server: FakeQwenServer) -> Iterator[ProxyServer]:
     """A fresh proxy per test: the pool learns from failures, and tests must not inherit that."""
     with ProxyServer(fake_server.base_url) as server:

@@ -7,33 +7,15 @@ import json
 import re
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
 
-from tests.fake_qwen import DEFAULT_MODELS, FAULTS, FakeQwen, FakeQwenServer, Scenario, make_jwt
+from tests.fake_qwen import DEFAULT_MODELS, FAULTS, FakeQwen, Scenario, make_jwt
 
 MODEL = "qwen3.7-plus"
 TIMEOUT = 5
-
-
-@pytest.fixture(scope="session")
-def server() -> Iterator[FakeQwenServer]:
-    with FakeQwenServer() as srv:
-        yield srv
-
-
-@pytest.fixture()
-def fake(server: FakeQwenServer) -> Iterator[FakeQwen]:
-    server.fake.reset()
-    yield server.fake
-    server.fake.reset()
-
-
-@pytest.fixture()
-def base(server: FakeQwenServer) -> str:
-    return server.base_url
 
 
 # ------------------------------------------------------------ helpers

@@ -7,36 +7,18 @@ follows OSS, not just our own signer.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import oss2
 import pytest
 import requests
 
-from tests.fake_qwen import FakeQwen, FakeQwenServer, Scenario, make_jwt
+from tests.fake_qwen import Scenario, make_jwt
 from tests.fake_qwen_uploads import INVALID_INPUT_DETAILS, OSS_BUCKET, PARSE_ERROR_MSG
 
 TIMEOUT = 5
 TOKEN = make_jwt("uploader-0001")
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeQwenServer]:
-    with FakeQwenServer() as srv:
-        yield srv
-
-
-@pytest.fixture()
-def fake(server: FakeQwenServer) -> Iterator[FakeQwen]:
-    server.fake.reset()
-    yield server.fake
-    server.fake.reset()
-
-
-@pytest.fixture()
-def base(server: FakeQwenServer) -> str:
-    return server.base_url
 
 
 def site(base: str, path: str, body: Any, token: str = TOKEN) -> requests.Response:
