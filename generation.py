@@ -139,14 +139,20 @@ class ImageRequest:
     response_format: str = "url"
 
 
-def parse_image_request(fields: Mapping[str, Any], kind: str = "t2i") -> ImageRequest:
-    """Validate an images body; multipart forms give every value as a string."""
+def _prompt_and_model(fields: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The two fields every generation body has: a non-empty prompt, an optional model id."""
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("'prompt' is required and must be a non-empty string.", param="prompt")
     model = fields.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest("'model' must be a string.", param="model")
+    return prompt, model
+
+
+def parse_image_request(fields: Mapping[str, Any], kind: str = "t2i") -> ImageRequest:
+    """Validate an images body; multipart forms give every value as a string."""
+    prompt, model = _prompt_and_model(fields)
     n = _int_field(fields, "n", 1)
     if not 1 <= n <= MAX_IMAGES:
         raise InvalidRequest(f"'n' must be between 1 and {MAX_IMAGES}: each image is one turn on the site.",
@@ -170,12 +176,7 @@ class VideoRequest:
 
 
 def parse_video_request(fields: Mapping[str, Any]) -> VideoRequest:
-    prompt = fields.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidRequest("'prompt' is required and must be a non-empty string.", param="prompt")
-    model = fields.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest("'model' must be a string.", param="model")
+    prompt, model = _prompt_and_model(fields)
     size = fields.get("size") or fields.get("aspect_ratio") or fields.get("ratio")
     reference = next((fields[k] for k in ("input_reference", "image", "first_frame") if fields.get(k)), None)
     return VideoRequest(prompt.strip(), model or None, size_to_ratio(size, "t2v"), reference)
