@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+#: The service's version, shown at ``/`` and ``/health``.
+__version__ = "0.1.0"
 logger = logging.getLogger(__name__)
 
 BASE_DIR = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """The one exception hierarchy of the proxy; every error a client sees starts here.
 
 Each class carries the HTTP meaning of its failure (status, OpenAI ``type`` and
-``code``) so that ``app.py`` renders all of them with a single handler, and the
+``code``) so that ``app`` renders all of them with a single handler, and the
 ``openai`` SDK maps them to its own exception classes::
 
     ProxyError

@@ -16,11 +16,11 @@ import json
 import pstats
 import time
 
-from agents import parse_agent_spec
-from turns import encode_event
-from qwen_wire import SSEDecoder, decode_event
-from replies import translator_for
-from translator import StreamTranslator
+from qwen_client.wire import SSEDecoder, decode_event
+from routes.turns import encode_event
+from transform.answer import StreamTranslator
+from transform.tool_prompts import parse_agent_spec
+from transform.tool_replies import translator_for
 
 TOOLS = {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]}

@@ -25,7 +25,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from config import load_settings
-from qwen_wire import SSEDecoder
+from qwen_client.wire import SSEDecoder
 from tests.fake_qwen import FakeQwenServer, make_jwt
 
 TOKEN = make_jwt("bench-user")

@@ -24,9 +24,9 @@ import time
 import requests
 from werkzeug.serving import make_server
 
-import oss
 from app import create_app
 from config import load_settings
+from qwen_client import oss
 from tests.fake_qwen import FakeQwenServer, make_jwt
 
 KEY = "sk-bench-fake"

@@ -1,0 +1,159 @@
+"""Qwen accounts: each ``Identity`` with its credentials and its own HTTP session.
+
+An account is a browser cookie (its ``token`` pair is the session JWT, its
+``refresh_token`` pair the auth host's renewal credential) or a bare token.
+Each identity owns its own ``requests.Session`` so accounts never share
+cookies; ``new_session`` builds those sessions for every caller of the site.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import requests
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
+
+
+class _Session(requests.Session):
+    """requests' session, reading proxy and CA settings from the environment once per site, not per call.
+
+    With ``trust_env`` requests scans ``os.environ`` two or three times on every call
+    (proxies, NO_PROXY, CA bundle): a fifth of the CPU of a call to the site, and every
+    turn makes two. The environment does not change while the service runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        if not self.trust_env or proxies or verify not in (True, None):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        origin = "/".join(url.split("/", 3)[:3])
+        found = self._environment.get(origin)
+        if found is None:
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            found = self._environment[origin] = (get_environ_proxies(url), bundle)
+        return {"proxies": merge_setting(dict(found[0]), self.proxies), "stream": merge_setting(stream, self.stream),
+                "verify": merge_setting(found[1] or verify, self.verify), "cert": merge_setting(cert, self.cert)}
+
+
+def new_session(pool_size: int) -> requests.Session:
+    """One session per account: its own cookies and a connection pool sized for its streams."""
+    session = _Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # Environment proxies are honoured on purpose: users in some regions reach the site only so.
+    session.trust_env = True
+    return session
+
+
+def mask(secret: str, keep: int = 6) -> str:
+    """A short prefix that identifies a secret in logs and ``/health`` without revealing it."""
+    return f"{secret[:keep]}…" if secret else ""
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The JWT payload, read without checking the signature (we only need ``id`` and ``exp``)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def parse_cookie(cookie: str) -> dict[str, str]:
+    """``name=value; name2=value2`` → dict, keeping order (the site reads ``token``)."""
+    pairs = (part.strip().split("=", 1) for part in cookie.split(";"))
+    return {p[0].strip(): p[1].strip() for p in pairs if len(p) == 2 and p[0].strip()}
+
+
+class Identity:
+    """One Qwen account: its token, its browser cookie and its own HTTP session."""
+
+    def __init__(
+        self, *, token: str = "", cookie: str = "", pool_size: int = 10, label: str = "", ephemeral: bool = False,
+    ) -> None:
+        self.cookies = parse_cookie(cookie)
+        #: A caller's own credentials (client mode): not in the pool; whoever uses it last closes it.
+        self.ephemeral = ephemeral
+        self.token = token or self.cookies.get("token", "")
+        self.source = "cookie" if cookie else "token"
+        self.label = label
+        #: Stable name of the configured credential: the token store's key across restarts.
+        self.key = hashlib.sha256((cookie or token).encode()).hexdigest()[:16]
+        #: When we obtained the current token (None: it came from the configuration).
+        self.obtained_at: float | None = None
+        self._pool_size = pool_size
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+        #: Held while renewing, so a burst of refusals renews once.
+        self.renewing = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        with self._lock:
+            if self._session is None:
+                self._session = new_session(self._pool_size)
+            return self._session
+
+    def cookie_header(self) -> str:
+        """The browser cookie with the current token; the site authenticates writes on it (§1.2)."""
+        cookies = dict(self.cookies)
+        if self.token:
+            cookies["token"] = self.token
+        return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+    @property
+    def refresh_token(self) -> str:
+        return self.cookies.get("refresh_token", "")
+
+    @property
+    def renewable(self) -> bool:
+        """A bare token cannot be renewed; a cookie can (session or refresh token)."""
+        return self.source == "cookie"
+
+    def set_token(self, token: str, refresh_token: str | None = None, now: float | None = None) -> None:
+        self.token = token
+        self.obtained_at = time.time() if now is None else now
+        if refresh_token:
+            self.cookies["refresh_token"] = refresh_token
+
+    @property
+    def account_id(self) -> str:
+        return str(jwt_claims(self.token).get("id", "")) if self.token else ""
+
+    @property
+    def expires_at(self) -> int | None:
+        exp = jwt_claims(self.token).get("exp") if self.token else None
+        return int(exp) if isinstance(exp, (int, float)) else None
+
+    def describe(self, now: float | None = None) -> dict[str, Any]:
+        """Masked facts for ``/health``: never the token or cookie themselves."""
+        now = time.time() if now is None else now
+        expires = self.expires_at
+        return {
+            "account": self.label,
+            "id": mask(self.account_id) or None,
+            "source": self.source,
+            "has_token": bool(self.token),
+            "renewal": "refresh_token" if self.refresh_token else "session" if self.renewable else "none",
+            "token_expires_at": expires,
+            "token_valid_for_s": None if expires is None else max(0, int(expires - now)),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None

@@ -1,0 +1,508 @@
+"""The ``IdentityPool`` that hands accounts out: their health, failover, cool-downs and token renewal.
+
+The pool owns every account's health behind one lock: it picks accounts
+round-robin, learns from each outcome, cools broken accounts down, fails a
+turn over to another account and renews tokens before they lapse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from errors import (
+    EmptyResponse,
+    ProxyError,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from identity_pool.accounts import Identity, jwt_claims, mask
+from identity_pool.token_store import TokenStore
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- failure classes
+
+
+class Failure(enum.Enum):
+    """What a failed turn says about the account that ran it; each class has its own reaction."""
+
+    AUTH = "auth"  # token refused: renew, then down if renewal fails
+    RATE_LIMIT = "rate_limit"  # RateLimited / quota / HTTP 429: cool down for what the site asked
+    CHALLENGE = "challenge"  # x5sec/RGV587 or a WAF page: cool down ≥ 2 minutes
+    EMPTY = "empty"  # accepted but silent: retry elsewhere once; repeated = throttled
+    UPSTREAM = "upstream"  # 5xx, network, timeouts, broken streams: degraded, then down
+
+
+def classify(error: BaseException | None) -> Failure | None:
+    """The account failure an error stands for; ``None`` when it is not the account's fault.
+
+    A user's bad request (400s, moderation) and the proxy's own bugs never count.
+    """
+    if isinstance(error, UpstreamAuthError):
+        return Failure.AUTH
+    if isinstance(error, RateLimited):
+        return Failure.CHALLENGE if error.code == "upstream_challenge" else Failure.RATE_LIMIT
+    if isinstance(error, EmptyResponse):
+        return Failure.EMPTY
+    if isinstance(error, (UpstreamError, ServiceUnavailable, UpstreamTimeout)):
+        return Failure.UPSTREAM
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolPolicy:
+    """The knobs of the pool; see the README's account table."""
+
+    failure_threshold: int = 3  # consecutive upstream failures (or empties + 1) before down
+    cooldown: float = 60.0  # first cool-down of a tripped account; doubles per trip in a row
+    max_cooldown: float = 1800.0
+    challenge_cooldown: float = 120.0
+    auth_cooldown: float = 600.0  # a token that cannot be renewed: try again after this
+    failover_retries: int = 2  # other accounts tried for one turn before giving up
+    max_concurrency: int = 0  # turns at once per account; 0 = unlimited
+    queue_timeout: float = 30.0  # how long a turn waits for a busy account
+    refresh_margin: float = 3600.0  # renew a token this long before it expires
+    refresh_interval: float = 6 * 3600.0  # and at least this often
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PoolPolicy:
+        return cls(
+            failure_threshold=settings.POOL_FAILURE_THRESHOLD,
+            cooldown=settings.POOL_COOLDOWN_SECONDS,
+            max_cooldown=max(settings.POOL_COOLDOWN_SECONDS, settings.POOL_MAX_COOLDOWN_SECONDS),
+            failover_retries=settings.FAILOVER_RETRIES,
+            max_concurrency=settings.ACCOUNT_MAX_CONCURRENCY,
+            queue_timeout=settings.ACCOUNT_QUEUE_TIMEOUT,
+            refresh_margin=settings.TOKEN_REFRESH_MARGIN_MINUTES * 60,
+            refresh_interval=settings.TOKEN_REFRESH_INTERVAL_HOURS * 3600,
+        )
+
+
+@dataclasses.dataclass
+class Health:
+    """One account's standing; mutated only under the pool's lock."""
+
+    state: str = "healthy"  # healthy | degraded | down
+    streak: int = 0  # consecutive failures
+    trips: int = 0  # times in a row the breaker opened (drives the back-off)
+    cooldown_until: float = 0.0
+    last_error: str | None = None
+    in_flight: int = 0
+    trial: bool = False  # a half-open trial turn is out
+    ok: int = 0
+    failed: int = 0
+    next_refresh: float = 0.0  # earliest next proactive renewal attempt
+    #: Spent feature quotas (``t2i``, ``t2v``…) → when they return; the account still chats meanwhile.
+    quota_until: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _copy(health: Health) -> Health:
+    return dataclasses.replace(health, quota_until=dict(health.quota_until))
+
+
+Renewer = Callable[[Identity], dict[str, Any]]
+Preference = Callable[[Identity], bool]
+
+
+class IdentityPool:
+    """Round-robin over usable accounts, with health, cool-downs, failover and token renewal.
+
+    ``run(start)`` is the whole story of one turn: pick an account, call
+    ``start(identity)``, and on a failure before any output renew the token or
+    move on to another account. The caller releases the account it got back
+    with ``release(identity, error)`` when the turn ends.
+    """
+
+    def __init__(
+        self,
+        identities: Iterable[Identity],
+        renewer: Renewer | None = None,
+        policy: PoolPolicy | None = None,
+        store: TokenStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identities = list(identities)
+        self.policy = policy or PoolPolicy()
+        self._renewer = renewer
+        self._store = store
+        self._clock = clock
+        self._health = {id(i): Health() for i in self.identities}
+        self._next = 0
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
+        if store is not None:
+            self._restore(store.load())
+
+    @classmethod
+    def from_settings(cls, settings: Any, renewer: Renewer | None = None) -> IdentityPool:
+        size = settings.UPSTREAM_POOL_SIZE
+        identities = [Identity(cookie=c, pool_size=size) for c in settings.COOKIE]
+        identities += [Identity(token=t, pool_size=size) for t in settings.QWEN_TOKEN]
+        for n, identity in enumerate(identities, 1):
+            identity.label = f"account-{n}"
+        store = TokenStore(settings.TOKEN_STORE_FILE) if settings.TOKEN_STORE_FILE else None
+        return cls(identities, renewer, PoolPolicy.from_settings(settings), store)
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def health(self, identity: Identity) -> Health:
+        with self._lock:
+            return _copy(self._health[id(identity)])
+
+    # -- handing out -----------------------------------------------------
+
+    def acquire(
+        self, exclude: Iterable[Identity] = (), prefer: Preference | None = None, feature: str | None = None,
+    ) -> Identity:
+        """The next usable account not in ``exclude`` (the ``prefer``-red one if usable), with a token.
+
+        Raises 503 (429 when every account is rate limited) with ``Retry-After``
+        set to the soonest recovery when no account can take the turn. With a
+        ``feature`` (image or video generation), accounts whose quota for it is
+        spent are skipped too.
+        """
+        if not self.identities:
+            raise ServiceUnavailable(
+                "No Qwen account is configured. Put a chat.qwen.ai browser cookie in cookie.txt "
+                "(or set COOKIE or QWEN_TOKEN) and restart; see the README.",
+                code="no_account",
+                retryable=False,
+            )
+        skip = {id(i) for i in exclude}
+        deadline = time.monotonic() + self.policy.queue_timeout  # real time, whatever the clock says
+        with self._lock:
+            while True:
+                identity, busy = self._pick(skip, prefer, feature)
+                if identity is not None:
+                    break
+                wait = deadline - time.monotonic()
+                if not busy or wait <= 0:
+                    raise self._unavailable(skip, busy, feature)
+                self._freed.wait(min(wait, 1.0))
+        if not identity.token:
+            try:
+                self.renew(identity, stale="")
+            except ProxyError as exc:
+                self.release(identity, exc)
+                raise
+        return identity
+
+    def _pick(
+        self, skip: set[int], prefer: Preference | None = None, feature: str | None = None,
+    ) -> tuple[Identity | None, bool]:
+        """Round-robin choice under the lock; ``busy`` says a slot may free up soon."""
+        now, busy, count = self._clock(), False, len(self.identities)
+        order = [self.identities[(self._next + step) % count] for step in range(count)]
+        if prefer is not None:  # e.g. the account that holds the conversation a request continues
+            order.sort(key=lambda identity: not prefer(identity))
+        for identity in order:
+            health = self._health[id(identity)]
+            if id(identity) in skip:
+                continue
+            if health.state == "down" and (now < health.cooldown_until or health.trial):
+                continue
+            if feature is not None and health.quota_until.get(feature, 0.0) > now:
+                continue
+            if self.policy.max_concurrency and health.in_flight >= self.policy.max_concurrency:
+                busy = True
+                continue
+            if health.state == "down":
+                health.trial = True  # half-open: this turn decides whether it returns
+                logger.info("%s: cool-down over, trying it again", identity.label)
+            health.in_flight += 1
+            self._next = (self.identities.index(identity) + 1) % count
+            return identity, False
+        return None, busy
+
+    def _unavailable(self, skip: set[int], busy: bool, feature: str | None = None) -> ProxyError:
+        now = self._clock()
+        down = [(i, h) for i in self.identities if (h := self._health[id(i)]).state == "down" and id(i) not in skip]
+        spent = [h.quota_until[feature] for i in self.identities if id(i) not in skip
+                 and (h := self._health[id(i)]).state != "down" and h.quota_until.get(feature or "", 0.0) > now]
+        if spent and feature is not None:
+            soonest = max(1.0, min(spent) - now)
+            return RateLimited(
+                f"Every usable Qwen account has spent its {feature} quota; the first is back in about "
+                f"{soonest / 60:.0f} min. Retry then, or add accounts.",
+                code="all_accounts_quota_spent", retry_after=soonest,
+            )
+        if busy and not down:
+            return RateLimited(
+                f"All Qwen accounts are busy (ACCOUNT_MAX_CONCURRENCY={self.policy.max_concurrency}). Retry shortly.",
+                code="accounts_busy", retry_after=1.0,
+            )
+        if not down:  # every account was already tried for this turn
+            return ServiceUnavailable("Every Qwen account failed this turn. Retry later.", retry_after=10.0)
+        soonest = max(1.0, min(h.cooldown_until for _, h in down) - now)
+        reasons: dict[str, int] = {}
+        for _, h in down:
+            reasons[h.last_error or "unknown"] = reasons.get(h.last_error or "unknown", 0) + 1
+        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(reasons.items()))
+        message = (f"All {len(self.identities)} Qwen account(s) are cooling down ({why}); "
+                   f"the first is back in about {soonest:.0f} s. Retry then, or add accounts.")
+        if set(reasons) <= {Failure.RATE_LIMIT.value, Failure.CHALLENGE.value}:
+            return RateLimited(message, code="all_accounts_rate_limited", retry_after=soonest)
+        return ServiceUnavailable(message, code="no_account_available", retry_after=soonest)
+
+    # -- learning from outcomes ------------------------------------------
+
+    def release(self, identity: Identity, error: BaseException | None = None, feature: str | None = None) -> None:
+        """Give an account back with the outcome of its turn; this is where health is learned.
+
+        A rate limit met by a ``feature`` turn (image or video generation) is
+        that feature's quota: only the feature cools down, chat goes on.
+        """
+        kind = classify(error)
+        if kind is Failure.RATE_LIMIT and feature is not None:
+            self._spend_quota(identity, feature, error)
+            return
+        with self._lock:
+            health = self._health.get(id(identity))
+            if health is None:
+                return
+            health.in_flight = max(0, health.in_flight - 1)
+            was_trial, health.trial = health.trial, False
+            before = health.state
+            if error is None:
+                health.ok += 1
+                health.streak = health.trips = 0
+                health.state, health.cooldown_until = "healthy", 0.0
+            elif kind is not None:
+                health.failed += 1
+                health.streak += 1
+                health.last_error = kind.value
+                self._react(health, kind, error, was_trial)
+            self._freed.notify_all()
+            after, until = health.state, health.cooldown_until
+        if after != before:
+            detail = f" for {until - self._clock():.0f} s" if after == "down" else ""
+            logger.info("%s: %s -> %s%s (%s)", identity.label, before, after, detail,
+                        kind.value if kind else "success")
+
+    def _spend_quota(self, identity: Identity, feature: str, error: BaseException | None) -> None:
+        pause = max(getattr(error, "retry_after", None) or 0.0, self.policy.cooldown)
+        with self._lock:
+            health = self._health.get(id(identity))
+            if health is None:
+                return
+            health.in_flight = max(0, health.in_flight - 1)
+            health.trial = False
+            health.failed += 1
+            health.last_error = f"{feature}_quota"
+            health.quota_until[feature] = self._clock() + pause
+            self._freed.notify_all()
+        logger.info("%s: %s quota spent; %s paused for %.0f s, chat goes on", identity.label, feature, feature, pause)
+
+    def _react(self, health: Health, kind: Failure, error: BaseException, was_trial: bool) -> None:
+        """Apply a failure class's reaction (see ``Failure``)."""
+        policy, now = self.policy, self._clock()
+        retry_after = getattr(error, "retry_after", None) or 0.0
+        if kind is Failure.UPSTREAM and health.streak < policy.failure_threshold and not was_trial:
+            health.state = "degraded"
+            return
+        if kind is Failure.EMPTY and health.streak < 2 and not was_trial:
+            health.state = "degraded"
+            return
+        if kind is Failure.AUTH:
+            pause = policy.auth_cooldown
+        elif kind is Failure.RATE_LIMIT:
+            pause = max(retry_after, policy.cooldown)
+        elif kind is Failure.CHALLENGE:
+            pause = max(retry_after, policy.challenge_cooldown) * 2 ** min(health.trips, 4)
+        else:
+            pause = min(policy.cooldown * 2 ** min(health.trips, 10), policy.max_cooldown)
+        health.trips += 1
+        health.state, health.cooldown_until = "down", now + pause
+
+    def run(
+        self, start: Callable[[Identity], T], prefer: Preference | None = None, feature: str | None = None,
+    ) -> tuple[Identity, T]:
+        """Start a turn on some account, renewing a refused token and failing over before output.
+
+        Returns the account (still acquired: release it when the turn ends) and
+        what ``start`` returned. A user's bad request is raised at once.
+        """
+        tried: list[Identity] = []
+        last: ProxyError | None = None
+        empties = 0
+        for _ in range(1 + self.policy.failover_retries):
+            try:
+                identity = self.acquire(exclude=tried, prefer=prefer, feature=feature)
+            except ProxyError:
+                if last is not None:  # no other account left: the client hears the real failure
+                    raise last from None
+                raise
+            tried.append(identity)
+            try:
+                return identity, self._start(identity, start)
+            except ProxyError as exc:
+                self.release(identity, exc, feature)
+                kind, last = classify(exc), exc
+                if kind is None:
+                    raise
+                empties += kind is Failure.EMPTY
+                if empties > 1:  # one retry elsewhere for a silent answer, not more
+                    raise
+                logger.info("%s: %s before any output; trying another account", identity.label, kind.value)
+            except BaseException as exc:
+                self.release(identity, exc)
+                raise
+        assert last is not None
+        raise last
+
+    def _start(self, identity: Identity, start: Callable[[Identity], T]) -> T:
+        stale = identity.token
+        try:
+            return start(identity)
+        except UpstreamAuthError:
+            if not identity.renewable:
+                raise
+            if not self.renew(identity, stale=stale):
+                raise
+            return start(identity)  # once more, with the renewed token
+
+    # -- tokens ----------------------------------------------------------
+
+    def renew(self, identity: Identity, stale: str | None = None) -> bool:
+        """Get a fresh token for an account now; ``False`` if it did not change.
+
+        ``stale`` is the token that was refused: if another turn already
+        replaced it, nothing is fetched. Raises what the renewal failed with.
+        """
+        if self._renewer is None or not identity.renewable:
+            raise UpstreamAuthError(
+                f"{identity.label} is a bare token that cannot be renewed; configure its browser cookie instead."
+            )
+        with identity.renewing:
+            if stale is not None and identity.token != stale:
+                return True
+            answer = self._renewer(identity)
+            token = answer.get("token") or ""
+            changed = token != identity.token
+            identity.set_token(token, answer.get("refresh_token"))
+        logger.info("%s: token %s, valid until %s", identity.label, "renewed" if changed else "unchanged",
+                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(identity.expires_at or 0)) + " UTC")
+        self._persist()
+        return changed
+
+    def _restore(self, stored: dict[str, dict[str, Any]]) -> None:
+        """Use a stored token where it outlives the configured one (a changed cookie has another key)."""
+        for identity in self.identities:
+            entry = stored.get(identity.key) or {}
+            token = entry.get("token")
+            exp = jwt_claims(token).get("exp") if isinstance(token, str) and token else None
+            if isinstance(exp, (int, float)) and exp > (identity.expires_at or 0):
+                identity.set_token(token, entry.get("refresh_token"), now=entry.get("obtained_at"))
+                logger.info("%s: using its renewed token from the token store", identity.label)
+
+    def _persist(self) -> None:
+        if self._store is not None:
+            self._store.save({
+                i.key: {"token": i.token, "refresh_token": i.refresh_token or None, "obtained_at": i.obtained_at}
+                for i in self.identities if i.renewable and i.token
+            })
+
+    def refresh_due(self) -> list[dict[str, Any]]:
+        """Renew every token close to expiry or older than the interval (the refresher's tick)."""
+        now = self._clock()
+        due = [i for i in self.identities if i.renewable and self._needs_renewal(i, now)]
+        return [self._refresh_one(i, "scheduled") for i in due]
+
+    def _needs_renewal(self, identity: Identity, now: float) -> bool:
+        health = self._health[id(identity)]
+        if now < health.next_refresh:
+            return False
+        expires = identity.expires_at
+        if not identity.token or expires is None:
+            return True
+        margin = self.policy.refresh_margin
+        if identity.obtained_at is not None:  # short-lived tokens renew after two thirds of their life
+            margin = min(margin, (expires - identity.obtained_at) / 3)
+            if now - identity.obtained_at >= self.policy.refresh_interval:
+                return True
+        return expires - now <= margin
+
+    def refresh_all(self, only: int | None = None) -> list[dict[str, Any]]:
+        """Renew all accounts (or the one with this 1-based number) now: ``POST /refresh-token``."""
+        chosen = self.identities if only is None else [self.identities[only - 1]]
+        return [self._refresh_one(i, "requested") for i in chosen]
+
+    def _refresh_one(self, identity: Identity, why: str) -> dict[str, Any]:
+        result = {"account": identity.label, "id": mask(identity.account_id) or None}
+        if not identity.renewable:
+            return {**result, "result": "skipped", "reason": "a bare token cannot be renewed; configure a cookie"}
+        try:
+            changed = self.renew(identity)
+        except ProxyError as exc:
+            with self._lock:
+                self._health[id(identity)].next_refresh = self._clock() + 60.0
+            logger.warning("%s: %s token renewal failed: %s", identity.label, why, exc.message)
+            expires = identity.expires_at
+            if expires is not None and expires <= self._clock():
+                self.release_failure(identity, exc)
+            return {**result, "result": "failed", "error": exc.message, "code": exc.code}
+        expires = identity.expires_at
+        return {**result, "result": "renewed" if changed else "unchanged",
+                "token_valid_for_s": None if expires is None else max(0, int(expires - self._clock()))}
+
+    def release_failure(self, identity: Identity, error: ProxyError) -> None:
+        """Record a failure found outside a turn (an expired token the refresher could not renew)."""
+        with self._lock:
+            self._health[id(identity)].in_flight += 1
+        self.release(identity, error)
+
+    def start_refresher(self, every: float) -> None:
+        """Renew tokens in the background, once per process; under gevent this is a greenlet."""
+        if self._refresher is not None or self._renewer is None:
+            return
+        self._refresher = threading.Thread(target=self._refresh_loop, args=(every,), name="token-refresher",
+                                           daemon=True)
+        self._refresher.start()
+
+    def _refresh_loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.refresh_due()
+            except Exception:  # the loop must outlive any one bad tick
+                logger.exception("token refresher tick failed")
+
+    # -- visibility --------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts and per-account state for ``/health``; masked, never a secret."""
+        now = self._clock()
+        with self._lock:
+            health = {id(i): _copy(self._health[id(i)]) for i in self.identities}
+        accounts = []
+        counts = {"healthy": 0, "degraded": 0, "down": 0}
+        for identity in self.identities:
+            h = health[id(identity)]
+            counts[h.state] += 1
+            accounts.append({
+                **identity.describe(now), "state": h.state,
+                "cooldown_s": max(0, round(h.cooldown_until - now)) if h.state == "down" else 0,
+                "last_error": h.last_error, "in_flight": h.in_flight, "ok": h.ok, "failed": h.failed,
+                "quota_cooldown_s": {f: round(t - now) for f, t in h.quota_until.items() if t > now},
+            })
+        return {"total": len(self.identities), **counts, "accounts": accounts}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+        for identity in self.identities:
+            identity.close()

@@ -1,0 +1,25 @@
+"""How to speak to the Qwen Chat site (chat.qwen.ai); section numbers refer to ``qwen-web-protocol.md``.
+
+- ``client``: ``QwenClient`` (headers, ``chats/new``, completions, JSON calls,
+  token renewal, upload calls), ``AnswerStream`` (the answer read in the
+  background) and ``ModelCatalog`` (the model list and its cache).
+- ``wire``: what the site's bytes mean, with no I/O: ``SSEDecoder``, the refusal
+  classifier (``classify_payload``, ``error_for_body``, ``error_for_status``) and
+  the upload grant (``StsGrant``, ``parse_grant``).
+- ``conversations``: ``Conversations``, which upstream chat a request continues,
+  and the ``ChatJanitor`` that deletes the proxy's own chats.
+- ``uploads``: ``Uploader``, the one way bytes reach the site (§7).
+- ``oss``: Aliyun OSS V4 request signing, by hand (§7.2).
+- ``generation``: ``GenerationClient``, the calls for generated images and videos (§8).
+- ``cdn``: ``CdnFetcher``, bounded downloads of generated media from the site's CDN.
+
+Other folders use the names exported here.
+"""
+
+from qwen_client.cdn import CdnFetcher
+from qwen_client.client import AnswerStream, ModelCatalog, QwenClient
+from qwen_client.conversations import Conversations
+from qwen_client.generation import GenerationClient
+from qwen_client.uploads import Uploader
+
+__all__ = ["AnswerStream", "CdnFetcher", "Conversations", "GenerationClient", "ModelCatalog", "QwenClient", "Uploader"]

@@ -1,0 +1,560 @@
+"""A ``requests``-based client of the Qwen Chat site (chat.qwen.ai).
+
+It owns every call to the site: the browser-like headers (§1.2), the two calls
+of a turn (``chats/new`` then ``chat/completions``), the answer stream read in
+the background, the model list with its cache, and uploads (STS grant, signed
+OSS PUT, document parsing, §7). What the site's bytes mean (SSE framing, every
+refusal shape) is ``qwen_client.wire``'s. Section numbers refer to ``qwen-web-protocol.md``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import requests
+import urllib3
+
+from errors import (
+    ChatNotFound,
+    EmptyResponse,
+    InvalidRequest,
+    ProxyError,
+    ServiceUnavailable,
+    UpstreamAuthError,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from identity_pool import new_session
+from qwen_client import oss
+from qwen_client.wire import (
+    DONE,
+    MAX_ERROR_BODY,
+    SSEDecoder,
+    StsGrant,
+    decode_event,
+    encode_body,
+    error_for_body,
+    new_chat_id,
+    oss_error,
+    parse_grant,
+    shorten,
+)
+from transform.openai_chat import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
+
+if TYPE_CHECKING:
+    from config import Settings
+    from identity_pool import Identity
+
+logger = logging.getLogger(__name__)
+
+#: Largest JSON answer we accept (model lists with long descriptions run to hundreds of KiB).
+MAX_JSON_BODY = 16 * 1024 * 1024
+_END = object()
+#: Network reads the reader may run ahead of the client (a few hundred bytes each from the site):
+#: bounds the memory of a stream, and how many events one write to the client can carry.
+ANSWER_QUEUE_DEPTH = 64
+
+# --------------------------------------------------------------------------- client
+
+
+
+
+def _js_date(now: float) -> str:
+    """The ``timezone`` header as the web app sends it: JS ``Date().toString()`` without the zone name."""
+    local = time.localtime(now)
+    offset = local.tm_gmtoff or 0
+    sign = "+" if offset >= 0 else "-"
+    hours, minutes = divmod(abs(offset) // 60, 60)
+    return time.strftime("%a %b %d %Y %H:%M:%S", local) + f" GMT{sign}{hours:02d}{minutes:02d}"
+
+
+class QwenClient:
+    """Stateless calls to the site on behalf of one ``Identity`` (which owns the session)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.QWEN_BASE_URL
+        self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
+        self.settings = settings
+        # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
+        self.oss_session = new_session(16)
+
+    def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
+        """The browser-equivalent header set of §1.2; the site refuses writes without it."""
+        s = self.settings
+        headers = {
+            "Accept": "application/json",
+            "Accept-Language": "en-US,en;q=0.9",
+            "Content-Type": "application/json",
+            "Origin": self.base_url,
+            "Referer": self.base_url + referer,
+            "User-Agent": s.QWEN_USER_AGENT,
+            "sec-ch-ua": '"Chromium";v="140", "Not=A?Brand";v="24", "Google Chrome";v="140"',
+            "sec-ch-ua-mobile": "?0",
+            "sec-ch-ua-platform": '"Windows"',
+            "Sec-Fetch-Dest": "empty",
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Site": "same-origin",
+            "source": "web",
+            "version": s.QWEN_VERSION,
+            "bx-v": s.QWEN_BX_V,
+            "timezone": _js_date(time.time()),
+            "x-request-id": str(uuid.uuid4()),
+            "X-Accel-Buffering": "no",
+        }
+        if identity is not None:
+            if identity.token and bearer:
+                headers["Authorization"] = f"Bearer {identity.token}"
+            headers["Cookie"] = identity.cookie_header()
+        return headers
+
+    def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
+        session = kwargs.pop("session", None) or identity.session
+        referer = kwargs.pop("referer", "/")
+        headers = self.headers(identity, referer, kwargs.pop("bearer", True))
+        try:
+            return session.request(method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+
+    def _json(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> Any:
+        """A JSON call: any refusal shape becomes a typed exception, else the parsed body."""
+        with self._request(identity, method, path, stream=True, **kwargs) as resp:
+            body = _read_bounded(resp, MAX_JSON_BODY if resp.status_code < 400 else MAX_ERROR_BODY)
+            error = error_for_body(
+                resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
+            )
+        if error is not None:
+            raise error
+        return json.loads(body)
+
+    def list_models(self, identity: Identity | None, session: requests.Session) -> list[ModelInfo]:
+        """``/api/v2/models/``, falling back to ``/api/models`` (§3.1)."""
+        last: Exception | None = None
+        for path in ("/api/v2/models/", "/api/models"):
+            try:
+                return parse_upstream_models(self._json(identity, "GET", path, session=session))
+            except (ProxyError, ValueError) as exc:
+                logger.info("model list from %s failed: %s", path, exc)
+                last = exc
+        raise UpstreamError(f"Could not read the model list: {last}")
+
+    def renew_token(self, identity: Identity) -> dict[str, Any]:
+        """A fresh token for a cookie account: ``{"token", "refresh_token"}``.
+
+        With a ``refresh_token`` cookie, the auth host renews it (§2.4);
+        otherwise the session profile of the browser cookie carries it (§2.3).
+        """
+        if identity.refresh_token:
+            return self.refresh_at_auth_host(identity)
+        return {"token": self.fetch_token(identity)["token"], "refresh_token": None}
+
+    def fetch_token(self, identity: Identity) -> dict[str, Any]:
+        """The session profile of a browser cookie, which carries the token (§2.3).
+
+        Only the cookie is sent, as the browser does (R4): a stale bearer token
+        must not stand in the way of a live session. The body decides, not the
+        status: a 200 without a token is a refusal.
+        """
+        profile = self._json(identity, "GET", "/api/v1/auths/", bearer=False)
+        if not isinstance(profile, Mapping):
+            raise UpstreamAuthError("The Qwen site answered the session profile with no profile; copy a fresh cookie.")
+        data = profile.get("data") if isinstance(profile.get("data"), Mapping) else {}
+        token = profile.get("token") or profile.get("access_token") or data.get("token")
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthError("The Qwen site did not return a token for this cookie; copy a fresh cookie.")
+        return {**profile, "token": token}
+
+    def refresh_at_auth_host(self, identity: Identity) -> dict[str, Any]:
+        """``GET <QWEN_AUTH_URL>/api/v2/auths/refresh`` with the refresh cookie (§2.4).
+
+        The refresh token rotates: the answer's new one replaces the old,
+        which then no longer works, so the caller must keep it.
+        """
+        s = self.settings
+        headers = self.headers(None, "/")
+        headers.update({
+            "Cookie": f"refresh_token={identity.refresh_token}", "version": s.QWEN_AUTH_VERSION,
+            "x-request-origin": self.base_url, "Sec-Fetch-Site": "same-site",
+        })
+        try:
+            with identity.session.get(s.QWEN_AUTH_URL + "/api/v2/auths/refresh", headers=headers,
+                                      timeout=self.timeout, stream=True) as resp:
+                body = _read_bounded(resp, MAX_ERROR_BODY)
+                status, content_type = resp.status_code, resp.headers.get("Content-Type", "")
+                cookie = resp.cookies.get("refresh_token")
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+        error = error_for_body(status, content_type, body, None)
+        if status == 401 or isinstance(error, UpstreamAuthError):
+            raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
+                                    "and copy a fresh cookie.")
+        if error is not None:
+            raise error
+        data = json.loads(body).get("data") or {}
+        token = data.get("access_token") if isinstance(data, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthError("The auth host answered without an access token; copy a fresh cookie.")
+        return {"token": token, "refresh_token": data.get("refresh_token") or cookie}
+
+    def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
+        """``POST /api/v2/chats/new`` → the new chat id (§4)."""
+        payload = new_chat_payload(model, chat_type, int(time.time() * 1000))
+        answer = self._json(identity, "POST", "/api/v2/chats/new", json=payload, referer="/c/new-chat")
+        chat_id = new_chat_id(answer)
+        if chat_id is None:
+            raise UpstreamError("The Qwen site created a chat but returned no id.")
+        return chat_id
+
+    def delete_chat(self, identity: Identity, chat_id: str) -> None:
+        """``DELETE /api/v2/chats/<id>`` (§9); a chat that is already gone counts as deleted."""
+        with self._request(identity, "DELETE", f"/api/v2/chats/{chat_id}", stream=True) as resp:
+            if resp.status_code == 204:
+                return
+            body = _read_bounded(resp, MAX_ERROR_BODY)
+            error = error_for_body(
+                resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
+            )
+        if error is not None and not isinstance(error, ChatNotFound):
+            raise error
+
+    def stream_completion(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> AnswerStream:
+        """Post one turn; its events arrive through the returned stream, its errors too (§6).
+
+        The request is made by the stream's reader thread, so even the wait for the
+        site's first byte happens where the caller can send keep-alives meanwhile.
+        """
+        def post() -> requests.Response:
+            return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
+                                 data=encode_body(payload), stream=True, referer=f"/c/{chat_id}")
+
+        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS)
+
+    # -- uploads (§7) ---------------------------------------------------
+
+    def sts_grant(self, identity: Identity, filename: str, size: int, filetype: str) -> StsGrant:
+        """``getstsToken``: credentials for one new object (v2, falling back to v1 where v2 is gone)."""
+        body = {"filename": filename, "filesize": str(size), "filetype": filetype}
+        try:
+            answer = self._json(identity, "POST", "/api/v2/files/getstsToken", json=body)
+        except UpstreamError as exc:
+            if exc.code not in ("upstream_http_404", "upstream_http_405"):
+                raise
+            logger.info("getstsToken v2 answered %s; trying v1", exc.code)
+            answer = self._json(identity, "POST", "/api/v1/files/getstsToken", json=body)
+        return parse_grant(answer)
+
+    def put_object(self, grant: StsGrant, data: bytes, content_type: str) -> None:
+        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set."""
+        endpoint = self.settings.QWEN_OSS_ENDPOINT
+        url = oss.object_url(grant.bucket, grant.file_path, endpoint or grant.endpoint, path_style=bool(endpoint))
+        headers = {"Content-Type": content_type, "User-Agent": self.settings.QWEN_USER_AGENT}
+        signed = oss.sign_headers("PUT", grant.bucket, grant.file_path, headers, grant.credentials, grant.region,
+                                  dt.datetime.now(dt.timezone.utc))
+        try:
+            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True) as resp:
+                if resp.status_code < 300:
+                    return
+                body = _read_bounded(resp, MAX_ERROR_BODY).decode("utf-8", "replace")
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(
+                f"Could not upload the file to Qwen's storage ({type(exc).__name__}). Retry.", retry_after=10.0
+            ) from None
+        raise oss_error(resp.status_code, body)
+
+    def parse_file(self, identity: Identity, file_id: str, name: str) -> None:
+        """``files/parse`` then ``parse/status`` until the document is ready; the site reads it only then (§7.3)."""
+        answer = self._json(identity, "POST", "/api/v2/files/parse", json={"file_id": file_id})
+        data = answer.get("data") if isinstance(answer, Mapping) else None
+        if isinstance(data, Mapping) and data.get("code"):  # an outage, inside success:true (R14)
+            raise UpstreamError(
+                f"Qwen's document parser failed ({data['code']}). Retry later.", code="upstream_parse_failed"
+            )
+        deadline = time.monotonic() + PARSE_TIMEOUT
+        for delay in _poll_delays():
+            time.sleep(delay)
+            answer = self._json(identity, "POST", "/api/v2/files/parse/status", json={"file_id_list": [file_id]})
+            row = _parse_row(answer, file_id)
+            status = str(row.get("status", "")).lower()
+            if status in PARSE_READY:
+                return
+            if status in PARSE_FAILED:
+                reason = shorten(row.get("error_msg") or status, 160)
+                raise InvalidRequest(
+                    f"Qwen could not read the document '{name}' ({reason}). Check the file, or send its text instead.",
+                    code="document_parse_failed",
+                )
+            if time.monotonic() > deadline:
+                break
+        raise UpstreamTimeout(f"Qwen did not finish reading the document '{name}' in {PARSE_TIMEOUT:g} s. Retry.")
+
+
+#: Parse polling: gentle, because the WAF counts these calls per IP (§7.3, R14).
+PARSE_TIMEOUT = 120.0
+PARSE_READY = frozenset({"success", "parsed", "done", "completed"})
+PARSE_FAILED = frozenset({"failed", "error"})
+
+
+def _parse_row(answer: Any, file_id: str) -> Mapping[str, Any]:
+    """This file's row of a ``parse/status`` answer (``data`` is a list of ``{file_id, status}``)."""
+    rows = answer.get("data") if isinstance(answer, Mapping) else None
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, Mapping) and row.get("file_id") == file_id:
+            return row
+    return {}
+
+
+def _poll_delays() -> Iterator[float]:
+    yield from (0.5, 1.0)
+    while True:
+        yield 2.0
+
+
+class AnswerStream:
+    """An answer of the site, read by a background thread into a small bounded queue.
+
+    The request thread waits on :meth:`get` with a timeout, so it can send keep-alives
+    while the site is silent: a socket read that timed out cannot be resumed, so the
+    waiting happens on the queue, never on the socket. Under gunicorn's gevent worker
+    the thread is a greenlet. For a turn's stream the queue holds the raw bytes as they
+    came, and :meth:`get` decodes everything that has arrived at once, so a burst of
+    events costs one pass. :meth:`close` ends the upstream request at once, even while
+    the reader waits on a silent site: the socket is shut down under it.
+
+    ``AnswerStream(events=...)`` puts any blocking iterator of events behind the same
+    queue (it is closed, in its own thread, at its next event after :meth:`close`).
+    Iterating the stream yields its events one by one, without keep-alives.
+    """
+
+    def __init__(
+        self, post: Callable[[], requests.Response] | None = None, label: str = "", *,
+        events: Iterator[dict] | None = None, first_wait: float | None = None,
+    ) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
+        self._response: requests.Response | None = None
+        self._closed = False
+        self._decoder = SSEDecoder()
+        self._seen = 0
+        self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
+        self._held: list[dict] | None = None  # what peek() took
+        self._buffer: collections.deque[dict] = collections.deque()  # what iteration has yet to hand out
+        #: How long :meth:`peek` waits for the first events by default.
+        self.first_wait = first_wait
+        target, source = (self._read, post) if post is not None else (self._pump, events)
+        threading.Thread(target=target, args=(source,), name=f"answer {label}", daemon=True).start()
+
+    def _read(self, post: Callable[[], requests.Response]) -> None:
+        end: Any = _END
+        resp = None
+        try:
+            resp = self._response = post()
+            if self._closed:
+                return
+            _check_stream(resp)
+            # chunk_size=None: each HTTP chunk as it arrives instead of waiting to fill a buffer.
+            for chunk in resp.iter_content(chunk_size=None):
+                self._queue.put(chunk)
+                if self._closed:
+                    return
+        except requests.RequestException as exc:
+            end = transport_error(exc)
+        except Exception as exc:  # the thread's boundary: every failure goes to the request thread
+            end = exc
+        finally:
+            if resp is not None:
+                resp.close()
+        if not self._closed:
+            self._queue.put(end)
+
+    def _pump(self, events: Iterator[dict]) -> None:
+        end: Any = _END
+        try:
+            for event in events:
+                self._queue.put([event])
+                if self._closed:
+                    return
+        except Exception as exc:  # the thread's boundary, as in _read
+            end = exc
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        if not self._closed:
+            self._queue.put(end)
+
+    def get(self, timeout: float | None = None) -> list[dict] | None:
+        """Every event that has arrived, waiting up to ``timeout`` seconds for the first.
+
+        ``None`` when nothing came in time, ``[]`` once the answer has ended; the
+        error that ended it is raised after the events that came before it (§6.5, §6.6).
+        """
+        if self._held:
+            held, self._held = self._held, None
+            return held
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._end is None:
+            try:
+                item = self._queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            data: list[bytes] = []
+            events: list[dict] = []
+            while True:  # everything that is there: events that arrived together leave together
+                kind = item.__class__
+                if kind is bytes:
+                    data.append(item)
+                elif kind is list:
+                    events += item
+                else:
+                    self._end = item
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if data:
+                events = self._decode(self._decoder.feed(b"".join(data))) + events
+            if self._end is _END:
+                events += self._decode(self._decoder.finish())
+                if not self._seen and self._decoder.stray:
+                    stray = self._decoder.stray
+                    self._end = error_for_body(200, "text/event-stream", stray, None) or EmptyResponse(
+                        "The Qwen site sent a stream without events.")
+            if events:
+                return events
+        if self._end is _END:
+            return []
+        raise self._end
+
+    def _decode(self, payloads: list[bytes]) -> list[dict]:
+        events = []
+        for data in payloads:
+            try:
+                event = decode_event(data)
+            except ProxyError as exc:
+                self._end = exc
+                break
+            if event is DONE:
+                self._end = _END
+                break
+            if event is not None:
+                events.append(event)
+        self._seen += len(events)
+        return events
+
+    def peek(self, timeout: float | None = -1.0) -> None:
+        """Wait for the first events (``first_wait`` seconds by default) and keep them for the next read.
+
+        A turn the site refuses raises here, before any output; an answer still silent
+        when the wait ends raises nothing yet.
+        """
+        if self._held is None:
+            self._held = self.get(self.first_wait if timeout == -1.0 else timeout)
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> dict:
+        while not self._buffer:
+            events = self.get()
+            if not events:
+                raise StopIteration
+            self._buffer.extend(events)
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        """Stop reading and release the upstream connection now; any thread may call it, more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._response is not None:
+            try:
+                self._response.raw.shutdown()  # wakes a read blocked on a silent site
+            except (OSError, ValueError, RuntimeError):
+                pass  # already closed or back in the pool: nothing left to stop
+        while True:  # free a reader blocked on a full queue; it then sees _closed and ends
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _check_stream(resp: requests.Response) -> None:
+    """Raise what a completion answer that is not an event stream stands for (§6.7)."""
+    content_type = resp.headers.get("Content-Type", "")
+    if resp.status_code >= 400 or "text/event-stream" not in content_type:
+        body = _read_bounded(resp, MAX_ERROR_BODY)
+        error = error_for_body(resp.status_code, content_type, body, resp.headers.get("x-actual-status-code"))
+        raise error or UpstreamError("The Qwen site answered with JSON instead of a stream.")
+
+
+def _read_bounded(resp: requests.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a body: enough to use or classify it, never unbounded."""
+    parts, size = [], 0
+    for chunk in resp.iter_content(chunk_size=65536):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)
+
+
+def transport_error(exc: requests.RequestException) -> ProxyError:
+    """Map a ``requests`` failure to what the client should be told."""
+    reason = exc.args[0] if exc.args else None
+    if isinstance(exc, requests.ConnectTimeout):
+        return ServiceUnavailable("Could not connect to the Qwen site in time. Check QWEN_BASE_URL and the network.")
+    if isinstance(exc, requests.ReadTimeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+        return UpstreamTimeout("The Qwen site stopped sending (read timeout). Retry; long thinking may need a larger READ_TIMEOUT.")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return UpstreamBroken("The Qwen site broke off the answer mid-stream. Retry.")
+    if isinstance(exc, requests.ConnectionError):
+        return ServiceUnavailable("Could not reach the Qwen site. Check QWEN_BASE_URL and the network.", retry_after=10.0)
+    return UpstreamError(f"Request to the Qwen site failed ({type(exc).__name__}).")
+
+
+class ModelCatalog:
+    """The site's model list, cached with a TTL; the built-in list only when the site is unreachable."""
+
+    #: After a failed fetch, wait this long before asking the site again.
+    RETRY_AFTER_FAILURE = 60.0
+
+    def __init__(self, client: QwenClient, ttl: float, session: requests.Session) -> None:
+        self.client, self.ttl, self.session = client, ttl, session
+        self._models: list[ModelInfo] = []
+        self._source = "not loaded"
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, identity: Identity | None = None) -> list[ModelInfo]:
+        with self._lock:
+            if time.monotonic() >= self._expires:
+                self._refresh(identity)
+            return self._models
+
+    def _refresh(self, identity: Identity | None) -> None:
+        try:
+            self._models = self.client.list_models(identity, self.session)
+            self._source, self._expires = "upstream", time.monotonic() + self.ttl
+        except ProxyError as exc:
+            logger.warning("cannot load the model list (%s); %s", exc.message,
+                           "keeping the previous one" if self._models else "using the built-in list")
+            if not self._models or self._source == "builtin":
+                self._models, self._source = list(BUILTIN_MODELS), "builtin"
+            self._expires = time.monotonic() + self.RETRY_AFTER_FAILURE
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"source": self._source, "count": len(self._models)}

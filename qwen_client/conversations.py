@@ -1,0 +1,490 @@
+"""Upstream chats: which one a request goes to, continuing them, and deleting the proxy's own.
+
+The site keeps a conversation server-side (§10), so a request whose history
+extends one this proxy already answered sends only its new messages into the
+same chat, with ``parent_id`` set to the last ``response_id``. That keeps long
+agent sessions small on the wire (far from the size captcha, §11) and cheap.
+
+- ``ConversationStore`` maps a conversation (a hash chain over its messages,
+  seeded with the model and the tool set) to the upstream chat that holds it:
+  bounded, expiring, behind one lock.
+- ``ChatJanitor`` deletes chats the proxy no longer needs, in a background
+  thread; chats are only ever deleted by id, so chats made in the browser are
+  never touched.
+- ``Conversations`` is the small interface ``routes`` use: ``start()`` a
+  request's turn (continued or fresh, with a fallback to fresh when the chat is
+  gone or on another account), ``complete()`` it, ``settle()`` it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from errors import ChatNotFound, InvalidRequest, ProxyError, UpstreamError
+from transform import media_parts, openai_chat, tool_prompts
+
+if TYPE_CHECKING:
+    from config import Settings
+    from identity_pool import Identity
+    from qwen_client.client import AnswerStream, QwenClient
+    from qwen_client.uploads import Uploader
+
+logger = logging.getLogger("qwen2openai.conversations")
+
+#: The document that carries context too long to send inline.
+CONTEXT_FILE = "conversation.txt"
+_THINK = re.compile(r"<think>.*?</think>", re.S)
+#: A continuation attempt that fails with one of these falls back to a fresh chat.
+_STALE_CODES = frozenset({"upstream_http_404", "upstream_bad_request"})
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def history_keys(messages: Sequence[tuple[str, str]], seed: str) -> list[str]:
+    """``keys[i]`` identifies ``messages[: i + 1]`` (under ``seed``): a hash chain over normalised text."""
+    keys, key = [], hashlib.sha256(seed.encode()).hexdigest()
+    for role, text in messages:
+        key = next_key(key, role, text)
+        keys.append(key)
+    return keys
+
+
+def next_key(key: str, role: str, text: str) -> str:
+    # Whitespace and echoed <think> blocks differ between clients' copies of the same reply.
+    normal = " ".join(_THINK.sub("", text).split())
+    return hashlib.sha256(f"{key}\0{role}\0{normal}".encode()).hexdigest()
+
+
+def as_history(chat: openai_chat.ChatRequest) -> tuple[tuple[str, str], ...]:
+    """The messages as the next request will show them: this turn's media become placeholders there."""
+    if not chat.media:
+        return chat.messages
+    newest = max(i for i, (role, _) in enumerate(chat.messages) if role == "user")
+    role, text = chat.messages[newest]
+    text = "\n".join(filter(None, [text, *(media_parts.placeholder(part) for part in chat.media)]))
+    return chat.messages[:newest] + ((role, text),) + chat.messages[newest + 1:]
+
+
+def conversation_seed(model: str, spec: tool_prompts.AgentSpec | None) -> str:
+    """What must not change for a chat to be continued: the model and the tools described in it."""
+    return f"{model}\0{spec.fingerprint() if spec is not None and spec.tools else ''}"
+
+
+# --------------------------------------------------------------------------- store
+
+
+@dataclasses.dataclass(frozen=True)
+class Thread:
+    """Where a conversation lives upstream: the chat, its account, and the response to answer next."""
+
+    account: str
+    chat_id: str
+    response_id: str
+    identity: Any  # the account's Identity, to delete the chat with later
+    expires: float
+
+
+class ConversationStore:
+    """Conversation key → ``Thread``; bounded, expiring, thread-safe.
+
+    Several keys may point at one chat (each turn adds one; a client that
+    regenerates an answer continues from an older key, which the site keeps as
+    a branch). When the last key of a chat expires or is evicted, ``on_drop``
+    gets its thread so the chat can be deleted.
+    """
+
+    def __init__(
+        self, ttl: float, capacity: int, on_drop: Callable[[Thread], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl, self.capacity, self._on_drop, self._clock = ttl, capacity, on_drop, clock
+        self._entries: collections.OrderedDict[str, Thread] = collections.OrderedDict()  # oldest first
+        self._refs: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def find(self, keys: Sequence[str], roles: Sequence[str]) -> tuple[int, Thread] | None:
+        """The stored conversation a request extends: (messages it covers, thread), or ``None``.
+
+        It must end at the request's last assistant message and be followed only
+        by new user or tool messages (the upstream chat cannot take a system
+        prompt or an assistant message the model did not write).
+        """
+        last = max((i for i, role in enumerate(roles) if role == "assistant"), default=-1)
+        if last < 0 or last == len(roles) - 1 or any(r in ("system", "assistant") for r in roles[last + 1:]):
+            return None
+        self.sweep()
+        with self._lock:
+            thread = self._entries.get(keys[last])
+        return (last + 1, thread) if thread is not None else None
+
+    def remember(self, key: str, account: str, chat_id: str, response_id: str, identity: Any) -> None:
+        thread = Thread(account, chat_id, response_id, identity, self._clock() + self.ttl)
+        dropped = []
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                dropped += self._unref(old)
+            self._entries[key] = thread
+            self._refs[chat_id] += 1
+            while len(self._entries) > self.capacity:
+                dropped += self._unref(self._entries.popitem(last=False)[1])
+        self._drop(dropped)
+
+    def forget_chat(self, chat_id: str) -> None:
+        """The chat is gone upstream: drop every key that points at it (nothing to delete)."""
+        with self._lock:
+            for key in [k for k, t in self._entries.items() if t.chat_id == chat_id]:
+                del self._entries[key]
+            self._refs.pop(chat_id, None)
+
+    def holds(self, chat_id: str) -> bool:
+        with self._lock:
+            return self._refs[chat_id] > 0
+
+    def sweep(self) -> None:
+        """Forget expired conversations (entries are in expiry order, the TTL being one)."""
+        now, dropped = self._clock(), []
+        with self._lock:
+            while self._entries:
+                key, thread = next(iter(self._entries.items()))
+                if thread.expires > now:
+                    break
+                del self._entries[key]
+                dropped += self._unref(thread)
+        self._drop(dropped)
+
+    def _unref(self, thread: Thread) -> list[Thread]:
+        self._refs[thread.chat_id] -= 1
+        if self._refs[thread.chat_id] > 0:
+            return []
+        del self._refs[thread.chat_id]
+        return [thread]
+
+    def _drop(self, threads: list[Thread]) -> None:
+        for thread in threads:
+            self._on_drop(thread)
+
+
+# --------------------------------------------------------------------------- janitor
+
+
+class ChatJanitor:
+    """Deletes upstream chats by id in a background thread, and sweeps the store while idle.
+
+    The thread starts with the first chat to delete (none at import or for an
+    idle app) and runs as a greenlet under gevent. ``wait_idle`` lets callers
+    (tests, shutdown) wait until every queued deletion is done.
+    """
+
+    def __init__(self, client: QwenClient, sweep: Callable[[], None], interval: float = 60.0) -> None:
+        self.client, self._sweep, self.interval = client, sweep, interval
+        self._queue: queue.Queue[tuple[Any, str] | None] = queue.Queue()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.deleted = 0
+
+    def discard(self, identity: Any, chat_id: str) -> None:
+        with self._cond:
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="qwen2openai-janitor", daemon=True)
+                self._thread.start()
+        self._queue.put((identity, chat_id))
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.interval)
+            except queue.Empty:
+                self._sweep()
+                continue
+            if item is None:
+                return
+            identity, chat_id = item
+            try:
+                self.client.delete_chat(identity, chat_id)
+                self.deleted += 1
+                logger.debug("deleted upstream chat %s of %s", chat_id, identity.label)
+            except ProxyError as exc:
+                logger.info("could not delete upstream chat %s: %s", chat_id, exc.message)
+            finally:
+                if identity.ephemeral:  # a caller's own account: its session was opened just for this
+                    identity.close()
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- one request's chat
+
+
+class UpstreamChat:
+    """One chat on the site, on one account: created (or continued) once, then posted into."""
+
+    def __init__(
+        self, client: QwenClient, identity: Identity, model: str, chat_type: str, config: Mapping[str, Any],
+        max_chars: int, chat_id: str | None = None,
+    ) -> None:
+        self.client, self.identity = client, identity
+        self.model, self.chat_type, self.config = model, chat_type, dict(config)
+        self.max_chars, self.chat_id = max_chars, chat_id
+
+    def create(self) -> str:
+        """``chats/new`` (§4)."""
+        self.chat_id = self.client.create_chat(self.identity, self.model, self.chat_type)
+        return self.chat_id
+
+    def _build(self, content: str, parent_id: str | None, files: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return openai_chat.completion_payload(
+            model=self.model, chat_id=self.chat_id or str(uuid.UUID(int=0)), content=content,
+            chat_type=self.chat_type, config=self.config, fid=str(uuid.uuid4()), timestamp=int(time.time()),
+            parent_id=parent_id, files=files,
+        )
+
+    def size(self, content: str, files: Sequence[Mapping[str, Any]] = ()) -> int:
+        """How long the turn's body would be, as the site's size rule counts it (§11)."""
+        return body_chars(self._build(content, None, files))
+
+    def payload(
+        self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The turn's body, refused before sending when the site would answer it with a captcha (§11)."""
+        payload = self._build(content, parent_id, files)
+        size = body_chars(payload)
+        if size > self.max_chars:
+            raise too_long(size, self.max_chars)
+        return payload
+
+    def post(
+        self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
+    ) -> AnswerStream:
+        """One turn into this chat; ``parent_id`` is the response it answers (§10)."""
+        payload = self.payload(content, parent_id, files)
+        return self.client.stream_completion(self.identity, self.chat_id or "", payload)
+
+    def open(
+        self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
+    ) -> AnswerStream:
+        """``post``, with the first events waited for: a refused turn raises here, before any output."""
+        events = self.post(content, parent_id, files)
+        try:
+            events.peek()
+        except BaseException:
+            events.close()
+            raise
+        return events
+
+
+def body_chars(payload: Mapping[str, Any]) -> int:
+    """The size the site's rule counts: characters of the body as ``qwen_client.client`` sends it."""
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+
+def too_long(size: int, limit: int, tried: str = "") -> InvalidRequest:
+    return InvalidRequest(
+        f"This conversation is too long for the Qwen site: the turn would be {size:,} characters, above "
+        f"MAX_TURN_CHARS ({limit:,}); the site answers larger requests with a captcha{tried}. "
+        "Shorten or summarise the history, or start a new conversation.",
+        param="messages", code="context_length_exceeded",
+    )
+
+
+def context_document(messages: Sequence[tuple[str, str]], max_messages: int, whole: bool) -> str:
+    """The text of the uploaded ``conversation.txt``: what it is, then the messages in the turn's own tags."""
+    scope = "up to and including its newest message" if whole else "before its newest message"
+    return (f"This document holds a conversation between a user and you, the assistant, {scope}, oldest "
+            "first, each message in a tag named after its role.\n\n"
+            + openai_chat.flatten_messages(messages, max_messages))
+
+
+def _newest_start(messages: Sequence[tuple[str, str]]) -> int:
+    """Where the newest turn begins: after the last assistant message (else it is the last message)."""
+    last = max((i for i, (role, _) in enumerate(messages) if role == "assistant"), default=-1)
+    return last + 1 if last >= 0 else len(messages) - 1
+
+
+def _can_attach_document(chat: openai_chat.ChatRequest) -> bool:
+    """The site takes audio and video alone, and at most five documents per message (§7.4)."""
+    kinds = [part.kind for part in chat.media]
+    return not {"audio", "video"} & set(kinds) and kinds.count("document") < media_parts.MAX_COUNT["document"]
+
+
+def _pointer(whole: bool) -> str:
+    if whole:
+        return (f"This conversation, up to and including its newest message, is in the attached document "
+                f"{CONTEXT_FILE}. Read it, then reply to its newest message.")
+    return (f"The system instructions and the earlier messages of this conversation are in the attached "
+            f"document {CONTEXT_FILE}. Read it first, then reply to the newest message, which follows.")
+
+
+def _no_events() -> Iterator[dict]:
+    yield from ()
+
+
+@dataclasses.dataclass
+class Exchange:
+    """One request's upstream side: its chat, the first turn's events, and the keys to remember it by."""
+
+    upstream: UpstreamChat
+    events: Iterator[dict]  # the turn's AnswerStream once open
+    keys: list[str]
+    continued: bool
+    kept: bool = False
+
+    @property
+    def chat_id(self) -> str:
+        return self.upstream.chat_id or ""
+
+    def post(self, content: str, parent_id: str | None) -> AnswerStream:
+        """A corrective turn into the same chat."""
+        return self.upstream.post(content, parent_id)
+
+
+class Conversations:
+    """Where each request's turn goes upstream, and what happens to the chat afterwards."""
+
+    def __init__(self, client: QwenClient, settings: Settings, uploader: Uploader | None = None) -> None:
+        self.client, self.settings, self.uploader = client, settings, uploader
+        self.store = ConversationStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS, self._dropped)
+        self.janitor = ChatJanitor(client, self.store.sweep)
+
+    def preferred(self, chat: openai_chat.ChatRequest, model: str) -> Callable[[Identity], bool] | None:
+        """Which account to prefer for this request: the one holding the conversation it continues."""
+        if not self.settings.CONTINUE_CHATS:
+            return None
+        keys = history_keys(as_history(chat), conversation_seed(model, chat.agent))
+        found = self.store.find(keys, [role for role, _ in chat.messages])
+        if found is None:
+            return None
+        account = found[1].account
+        return lambda identity: _account(identity) == account
+
+    def start(
+        self, identity: Identity, chat: openai_chat.ChatRequest, model: str, chat_type: str,
+        config: Mapping[str, Any], files: Sequence[Mapping[str, Any]] = (),
+    ) -> Exchange:
+        """Post the request's turn (with the uploads of its newest message): into the chat it continues
+        if that chat is on ``identity``'s account, else into a new chat with the flattened history."""
+        s = self.settings
+        keys = history_keys(as_history(chat), conversation_seed(model, chat.agent))
+        found = self.store.find(keys, [role for role, _ in chat.messages]) if s.CONTINUE_CHATS else None
+        if found is not None and found[1].account == _account(identity):
+            count, thread = found
+            upstream = UpstreamChat(self.client, identity, model, chat_type, config, s.MAX_TURN_CHARS, thread.chat_id)
+            try:
+                content, sent = self._fit(identity, chat, upstream, chat.messages[count:], 0, files, fresh=False)
+                events = upstream.open(content, thread.response_id, sent)
+                return Exchange(upstream, events, keys, continued=True)
+            except UpstreamError as exc:
+                if not isinstance(exc, ChatNotFound) and exc.code not in _STALE_CODES:
+                    raise
+                logger.info("chat %s cannot be continued (%s); starting a new one", thread.chat_id, exc.code)
+                self.store.forget_chat(thread.chat_id)
+        elif found is not None:
+            logger.debug("conversation is on another account; starting a new chat")
+        upstream = UpstreamChat(self.client, identity, model, chat_type, config, s.MAX_TURN_CHARS)
+        # Sized (and earlier context uploaded) before a chat is made for a turn the site would refuse.
+        content, sent = self._fit(identity, chat, upstream, chat.messages, _newest_start(chat.messages), files, True)
+        upstream.create()
+        exchange = Exchange(upstream, _no_events(), keys, continued=False)
+        try:
+            exchange.events = upstream.open(content, files=sent)
+        except ProxyError:
+            self.settle(exchange)
+            raise
+        return exchange
+
+    def _fit(
+        self, identity: Identity, chat: openai_chat.ChatRequest, upstream: UpstreamChat,
+        messages: Sequence[tuple[str, str]], split: int, files: Sequence[Mapping[str, Any]], fresh: bool,
+    ) -> tuple[str, list[Mapping[str, Any]]]:
+        """The turn's message and files, within ``MAX_TURN_CHARS``.
+
+        All inline if it fits; else the messages before ``split`` (system prompt
+        and history) go into an uploaded ``conversation.txt`` and only the newest
+        turn stays inline; else the whole turn goes into the document, with only
+        the tool rules and a pointer inline (§7.3, §11).
+        """
+        s = self.settings
+        plans: list[tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]]] = [(messages, ())]
+        if s.OFFLOAD_CONTEXT and self.uploader is not None and _can_attach_document(chat):
+            if 0 < split < len(messages):
+                plans.append((messages[split:], messages[:split]))
+            plans.append(((), messages))
+        sizes: list[int] = []
+        for inline, offloaded in plans:
+            text = openai_chat.flatten_messages(inline, s.MAX_HISTORY_MESSAGES) if inline else ""
+            if offloaded:
+                text = "\n\n".join(filter(None, [_pointer(whole=not inline), text]))
+            content = tool_prompts.compose_turn(chat.agent, text, fresh)
+            sizes.append(upstream.size(content, files))
+            if sizes[-1] > s.MAX_TURN_CHARS:
+                continue
+            if not offloaded:
+                return content, list(files)
+            document = context_document(offloaded, s.MAX_HISTORY_MESSAGES, whole=not inline)
+            entry = self.uploader.upload(identity, document.encode(), filename=CONTEXT_FILE,
+                                         content_type="text/plain", kind="document")
+            logger.info("%s: turn above MAX_TURN_CHARS; %d message(s) sent as %s", identity.label,
+                        len(offloaded), CONTEXT_FILE)
+            return content, [*files, entry]
+        tried = f" ({min(sizes):,} even with the conversation in an attached document)" if len(sizes) > 1 else ""
+        raise too_long(sizes[0], s.MAX_TURN_CHARS, tried)
+
+    def complete(self, exchange: Exchange, translator: Any) -> None:
+        """The turn ended well: remember the conversation, answer included, for the next request."""
+        response_id = translator.response_id
+        if not (self.settings.CONTINUE_CHATS and response_id):
+            return
+        message = translator.completion()["choices"][0]["message"]
+        answer = tool_prompts.fold_assistant(message.get("content"), message.get("tool_calls"))
+        key = next_key(exchange.keys[-1], "assistant", answer)
+        identity = exchange.upstream.identity
+        self.store.remember(key, _account(identity), exchange.chat_id, response_id, identity)
+        exchange.kept = True
+
+    def settle(self, exchange: Exchange) -> None:
+        """The turn is over (well or not): a new chat nobody will continue is deleted now."""
+        if exchange.continued or exchange.kept or not exchange.upstream.chat_id:
+            return
+        if not self.store.holds(exchange.chat_id) and self.settings.DELETE_CHATS:
+            self.janitor.discard(exchange.upstream.identity, exchange.chat_id)
+
+    def _dropped(self, thread: Thread) -> None:
+        if self.settings.DELETE_CHATS:
+            self.janitor.discard(thread.identity, thread.chat_id)
+
+    def close(self) -> None:
+        self.janitor.close()
+
+
+def _account(identity: Identity) -> str:
+    return identity.account_id or identity.label

@@ -1,0 +1,22 @@
+"""The HTTP face: the blueprints, the per-app service object and the middleware ``app.create_app`` assembles.
+
+- ``gateway``: ``Gateway`` (what one app instance owns), ``gateway()``,
+  ``authenticate`` (API keys, client mode), ``json_body`` and ``site_models``.
+- ``chat``: ``/v1/chat/completions``, ``/v1/models``, ``/health``, ``/refresh-token`` and ``/``.
+- ``images_videos``: ``/v1/images/generations``, ``/v1/images/edits``,
+  ``/v1/videos`` and the ``-image``/``-video`` chat models.
+- ``turns``: the life of one turn (account, uploads, upstream answer) and its SSE.
+- ``middleware``: ``Admission``, the cap on requests at once, and the body that gives its place back.
+- ``fetch``: ``RemoteFetcher``, fetching the URLs clients send, guarded against this server's own network.
+
+``app`` uses the names exported here.
+"""
+
+from routes.chat import ENDPOINTS
+from routes.chat import bp as chat_bp
+from routes.fetch import RemoteFetcher
+from routes.gateway import Gateway, gateway
+from routes.images_videos import bp as images_videos_bp
+from routes.middleware import Admission
+
+__all__ = ["ENDPOINTS", "Admission", "Gateway", "RemoteFetcher", "chat_bp", "gateway", "images_videos_bp"]

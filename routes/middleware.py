@@ -1,0 +1,111 @@
+"""WSGI middleware of the HTTP face: admission (a cap on requests at once) and the body that gives its place back."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from errors import RateLimited
+
+
+class Admission:
+    """WSGI middleware: at most ``limit`` requests at once, and a 429 at once for the next, never a wait.
+
+    A request holds its place until its response body ends or is closed, so a
+    stream counts for as long as it is open. Health checks and CORS preflights
+    are never counted: a busy proxy still answers them.
+    """
+
+    EXEMPT_PATHS = frozenset({"/health"})
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in self.EXEMPT_PATHS or environ.get("REQUEST_METHOD") == "OPTIONS":
+            return self.app(environ, start_response)
+        with self._lock:
+            admitted = self.active < self.limit
+            if admitted:
+                self.active += 1
+        if not admitted:
+            return self._refuse(environ, start_response)
+        length: list[int] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            length.extend(int(v) for k, v in headers if k.lower() == "content-length" and v.isdigit())
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = self.app(environ, start)
+        except BaseException:
+            self._leave()
+            raise
+        return _ReleasingBody(body, self._leave, length[0] if length else None)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        error = RateLimited(
+            f"The proxy is serving as many requests as it is set to ({self.limit}, MAX_CONCURRENT_REQUESTS). "
+            "Retry in a moment.", code="too_many_concurrent_requests", retry_after=1,
+        )
+        body = json.dumps(error.to_dict()).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *error.headers().items()]
+        if environ.get("HTTP_ORIGIN"):  # flask-cors does not see this answer; browsers must still read it
+            headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+        start_response("429 Too Many Requests", headers)
+        return [body]
+
+    def snapshot(self) -> dict[str, int]:
+        return {"active": self.active, "limit": self.limit}
+
+
+class _ReleasingBody:
+    """A response body that calls ``release`` once, before the client can have all of it.
+
+    A body of known length releases as its last bytes are handed to the server; a
+    streamed one when it is exhausted, which comes before the server writes the end
+    of a chunked body; either releases when closed. So a client that has read a whole
+    answer finds its place already free.
+    """
+
+    __slots__ = ("_body", "_iterator", "_release", "_left")
+
+    def __init__(self, body: Iterable[bytes], release: Callable[[], None], length: int | None = None) -> None:
+        self._body, self._iterator, self._left = body, iter(body), length
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> _ReleasingBody:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            data = next(self._iterator)
+        except StopIteration:
+            self._done()
+            raise
+        if self._left is not None:
+            self._left -= len(data)
+            if self._left <= 0:
+                self._done()
+        return data
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()

@@ -1,0 +1,240 @@
+"""What the tests share: fake credentials, the captures, the proxy on a real port, and plain clients of the emulator.
+
+- the obviously fake credentials every test uses, and the captured SSE files (``fixture_events``);
+- ``ProxyServer``: the proxy app served by Werkzeug on a free loopback port;
+- ``headers``, ``new_chat``, ``turn_body``, ``post_turn``, ``stream_events``: speaking the
+  site's protocol to the emulator directly, as the emulator's own tests do;
+- ``grant``, ``put``: the emulator's upload endpoints, signed by Aliyun's own ``oss2`` SDK;
+- ``MediaHost``: a stand-in for the web servers whose image and video URLs clients send.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import oss2
+import requests
+from openai import OpenAI
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from app import create_app
+from config import load_settings
+from qwen_client.wire import SSEDecoder
+from tests.fake_qwen import make_jwt
+
+SHARED = Path(os.environ.get("QWEN2OPENAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = SHARED / "fixtures" / "qwen-web"
+
+# Obviously fake credentials: the suite checks that none of them ever reaches a log or a response.
+TOKEN = make_jwt("fake-user-0001")
+COOKIE = f"token={TOKEN}; ssxmod_itna=fake-itna-cookie-value"
+API_KEY = "sk-test-fake-key-0001"
+
+
+def fixture_events(name: str) -> list[dict[str, Any]]:
+    """The events of a captured SSE file, decoded by our own decoder."""
+    return [json.loads(d) for d in SSEDecoder().iter_payloads([(FIXTURES / name).read_bytes()])]
+
+
+class ProxyServer:
+    """The proxy app served by Werkzeug on a free loopback port, in a thread."""
+
+    def __init__(self, upstream: str, **overrides: Any) -> None:
+        settings = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream, "COOKIE": COOKIE,
+                    "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2, "TOKEN_STORE_FILE": "",
+                    "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream, "MEDIA_RETRY_DELAY": 0.01,
+                    "VIDEO_POLL_INTERVAL": 0.01, **overrides}
+        self.settings = load_settings(settings, environ={})
+        self.app = create_app(self.settings)
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> ProxyServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self.app.extensions["qwen2openai"].conversations.close()
+        self.app.extensions["qwen2openai"].pool.close()
+
+    def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
+        return OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)
+
+
+# ------------------------------------------------------------ the emulator, spoken to directly
+
+
+MODEL = "qwen3.7-plus"
+TIMEOUT = 5
+
+
+def headers(token: str | None = None, *, cookie: bool = True, bearer: bool = True,
+            version: bool = True) -> dict[str, str]:
+    token = token or make_jwt()
+    out = {"source": "web", "Content-Type": "application/json", "Accept": "application/json"}
+    if cookie:
+        out["Cookie"] = f"token={token}; ssxmod_itna=abc"
+    if bearer:
+        out["Authorization"] = f"Bearer {token}"
+    if version:
+        out["version"] = "0.2.0"
+    return out
+
+
+def new_chat(base: str, token: str | None = None, chat_type: str = "t2t") -> str:
+    body = {"chatId": "", "title": "New Chat", "models": [MODEL], "chat_mode": "normal",
+            "chat_type": chat_type, "timestamp": int(time.time() * 1000), "project_id": ""}
+    resp = requests.post(f"{base}/api/v2/chats/new", json=body, headers=headers(token), timeout=TIMEOUT)
+    assert resp.status_code == 200 and resp.json()["success"] is True
+    return resp.json()["data"]["id"]
+
+
+def turn_body(chat_id: str, content: str = "Explain SSE.", *, thinking: bool = True,
+              schema: str | None = "phase", parent_id: str | None = None, fid: str = "fid-1",
+              chat_type: str = "t2t", auto_search: bool = False, stream: bool = True) -> dict:
+    features: dict[str, Any] = {"thinking_enabled": thinking, "auto_thinking": thinking,
+                                "thinking_mode": "Auto" if thinking else "Fast", "auto_search": auto_search}
+    if schema is not None:
+        features["output_schema"] = schema
+    message = {"id": None, "fid": fid, "parentId": parent_id, "childrenIds": [], "role": "user",
+               "content": content, "user_action": "chat", "files": [], "timestamp": int(time.time()),
+               "models": [MODEL], "model": "", "chat_type": chat_type, "feature_config": features,
+               "extra": {"meta": {"subChatType": chat_type}}, "sub_chat_type": chat_type,
+               "parent_id": parent_id}
+    return {"stream": stream, "version": "2.1", "incremental_output": True, "chat_id": chat_id,
+            "chat_mode": "normal", "model": MODEL, "parent_id": parent_id, "messages": [message],
+            "timestamp": int(time.time())}
+
+
+def post_turn(base: str, chat_id: str | None, body: dict, hdrs: dict | None = None) -> requests.Response:
+    url = f"{base}/api/v2/chat/completions" + (f"?chat_id={chat_id}" if chat_id else "")
+    return requests.post(url, json=body, headers=hdrs or headers(), stream=True, timeout=TIMEOUT)
+
+
+def raw_chunks(resp: requests.Response) -> list[bytes]:
+    return [c for c in resp.iter_content(None) if c]
+
+
+def parse_sse(raw: bytes) -> list[str]:
+    """Test-local SSE parsing: data lines joined per event, comments ignored, any line ending."""
+    events: list[str] = []
+    data: list[str] = []
+    for line in re.split(r"\r\n|\r|\n", raw.decode("utf-8")):
+        if line == "":
+            if data:
+                events.append("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    return events
+
+
+def stream_events(resp: requests.Response) -> list[Any]:
+    return [e if e == "[DONE]" else json.loads(e) for e in parse_sse(b"".join(raw_chunks(resp)))]
+
+
+def delta(event: dict) -> dict:
+    return event["choices"][0]["delta"]
+
+
+def run_turn(base: str, **kw: Any) -> tuple[str, list[Any]]:
+    chat_id = new_chat(base)
+    resp = post_turn(base, chat_id, turn_body(chat_id, **kw))
+    assert resp.status_code == 200
+    return chat_id, stream_events(resp)
+
+
+# ------------------------------------------------------------ the emulator's uploads
+
+
+UPLOADER_TOKEN = make_jwt("uploader-0001")
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+def site(base: str, path: str, body: Any, token: str = UPLOADER_TOKEN) -> requests.Response:
+    headers = {"Cookie": f"token={token}", "source": "web", "version": "0.2.0"}
+    return requests.post(base + path, json=body, headers=headers, timeout=TIMEOUT)
+
+
+def grant(base: str, filename: str = "a.png", size: int = len(PNG), filetype: str = "image",
+          path: str = "/api/v2/files/getstsToken", token: str = UPLOADER_TOKEN) -> dict:
+    resp = site(base, path, {"filename": filename, "filesize": str(size), "filetype": filetype}, token)
+    assert resp.status_code == 200
+    body = resp.json()
+    return body["data"] if "success" in body else body
+
+
+def bucket_for(base: str, answer: dict, *, token: str | None = None, secret: str | None = None) -> oss2.Bucket:
+    provider = oss2.credentials.StaticCredentialsProvider(
+        answer["access_key_id"], secret or answer["access_key_secret"], token or answer["security_token"])
+    region = answer["region"].removeprefix("oss-")
+    return oss2.Bucket(oss2.ProviderAuthV4(provider), base, answer["bucketname"], region=region)
+
+
+def put(base: str, answer: dict, data: bytes = PNG, content_type: str = "image/png", **kwargs: Any) -> Any:
+    bucket = bucket_for(base, answer, **kwargs)
+    return bucket.put_object(answer["file_path"], data, headers={"Content-Type": content_type})
+
+
+# ------------------------------------------------------------ a stranger's media host
+
+
+@dataclass
+class Served:
+    body: bytes = b""
+    content_type: str = "image/png"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    stall_after: int | None = None  # send this many bytes, then hold the connection until released
+
+
+class MediaHost:
+    """Serves ``routes`` on a loopback port and records each request's path and headers."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Served] = {}
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.released = threading.Event()
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self.port = self._server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def serve(self, path: str, body: bytes = b"", **kwargs: Any) -> str:
+        self.routes[path] = Served(body, **kwargs)
+        return self.url + path
+
+    def _app(self, environ: dict, start_response: Any) -> Any:
+        request = Request(environ)
+        self.seen.append((request.full_path.rstrip("?"), dict(request.headers)))
+        served = self.routes.get(request.path)
+        if served is None:
+            return Response(b"not here", status=404)(environ, start_response)
+        body: Any = served.body if served.stall_after is None else self._stalling(served)
+        response = Response(body, status=served.status, content_type=served.content_type, headers=served.headers)
+        return response(environ, start_response)
+
+    def _stalling(self, served: Served) -> Iterator[bytes]:
+        yield served.body[: served.stall_after]
+        self.released.wait(30)
+
+    def __enter__(self) -> MediaHost:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.released.set()
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,18 @@
+"""What to say: pure translation between the clients' APIs and the site's protocol (no I/O, no clock).
+
+- ``openai_chat``: the request side of the OpenAI chat API: models and their
+  variants (``resolve_model``), ``parse_chat_request``, history flattening,
+  thinking controls and the site's turn payloads.
+- ``answer``: the site's answer events → OpenAI chunks (``StreamTranslator``), the relay's hot path.
+- ``tool_prompts``: tools and structured output described to the model (``AgentSpec``, ``compose_turn``).
+- ``tool_replies``: the model's reply read back: the tool-call parser (``CallScanner``,
+  ``parse_calls``), the contract check (``judge``) and ``AgentTranslator``.
+- ``json_schema``: JSON found in prose, repaired and checked against a JSON Schema.
+- ``media_parts``: image, audio, video and file content parts, checked against the site's limits.
+- ``generation``: generated images and videos: suffixes, sizes, payloads and answers.
+
+Other folders import the module they need (``from transform import openai_chat``);
+importing the package loads none of them.
+"""
+
+__all__ = ["answer", "generation", "json_schema", "media_parts", "openai_chat", "tool_prompts", "tool_replies"]
