@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from config import ConfigError, Settings, load_settings
 from errors import ProxyError
-from identity_pool import IdentityPool, new_session
+from identity_pool import IdentityPool, StoreError, new_session, open_store
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp
 
@@ -39,11 +39,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep OpenAI field order
     app.json.ensure_ascii = False
     client = QwenClient(settings)
-    pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
+    try:  # one store object for accounts, conversations, uploads and counters (README: several workers)
+        state = open_store(settings)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    pool = IdentityPool.from_settings(settings, renewer=client.renew_token, state=state)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
-    uploader = Uploader(client)
-    chats = Conversations(client, settings, uploader)
+    uploader = Uploader(client, state)
+    chats = Conversations(client, settings, uploader, state, pool.find)
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats)
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
@@ -52,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
-    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS)
+    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS, state if settings.GLOBAL_LIMITS else None)
     app.wsgi_app = admission  # type: ignore[method-assign]
     app.extensions["qwen2openai.admission"] = admission
     if not len(pool):

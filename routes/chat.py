@@ -47,6 +47,9 @@ def health() -> Response:
         status = "no_account"
     else:
         status = "ok" if usable == accounts["total"] else "degraded" if usable else "down"
+    state = gw.pool.state.describe()
+    if state.get("status") == "degraded" and status == "ok":
+        status = "degraded"  # this worker answers from its own memory: /health says so
     s = gw.settings
     return jsonify({
         "status": status,
@@ -63,6 +66,7 @@ def health() -> Response:
         "accounts": accounts,
         "models": gw.catalog.snapshot(),
         "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
+        "state": state,
     })
 
 

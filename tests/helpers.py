@@ -51,7 +51,8 @@ class ProxyServer:
     def __init__(self, upstream: str, **overrides: Any) -> None:
         settings = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream, "COOKIE": COOKIE,
                     "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2, "TOKEN_STORE_FILE": "",
-                    "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream, "MEDIA_RETRY_DELAY": 0.01,
+                    "STATE_FILE": "", "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream,
+                    "MEDIA_RETRY_DELAY": 0.01,
                     "VIDEO_POLL_INTERVAL": 0.01, **overrides}
         self.settings = load_settings(settings, environ={})
         self.app = create_app(self.settings)
