@@ -8,6 +8,7 @@ open a turn with ``routes.turns`` and return JSON or a stream. ``-image``,
 from __future__ import annotations
 
 import json
+import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -67,6 +68,7 @@ def health() -> Response:
         "models": gw.catalog.snapshot(),
         "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
         "state": state,
+        "worker": os.getpid(),  # which process answered: every worker gives the same counts
     })
 
 
