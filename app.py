@@ -152,7 +152,12 @@ def __getattr__(name: str) -> Any:
             print(f"configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         configure_logging(settings.DEBUG_MODE)
-        globals()["app"] = create_app(settings)
+        try:
+            globals()["app"] = create_app(settings)
+        except ConfigError as exc:  # e.g. a state store that does not answer
+            print(f"configuration error: {exc}", file=sys.stderr)
+            # Not SystemExit: gunicorn then reports "Worker failed to boot" and stops instead of retrying forever.
+            raise RuntimeError(str(exc)) from None
         return globals()["app"]
     raise AttributeError(name)
 
@@ -164,7 +169,11 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.DEBUG_MODE)
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)
     application.run(host=settings.HOST, port=settings.PORT, threaded=True, debug=False, use_reloader=False)
     return 0

@@ -46,7 +46,7 @@ class SqliteStore(StateStore):
             self._db.executescript(_SCHEMA)
             os.chmod(self.path, 0o600)  # it holds tokens
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the state file {self.path}: {exc}") from None
+            raise StoreError(f"cannot open STATE_FILE {self.path}: {exc}") from None
         self._lock = threading.Lock()  # one connection per process, one statement at a time
         self._purged = 0.0
 

@@ -9,18 +9,23 @@ them over the workers. Each figure is the one a single worker gets.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_client
 import requests
 
-from identity_pool.accounts import jwt_claims
+from app import create_app
+from config import ConfigError, load_settings
+from identity_pool.accounts import Identity, jwt_claims
 from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY, PNG, Gunicorn, RedisServer
+from tests.helpers import API_KEY, PNG, Gunicorn, RedisServer, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "qwen3.7-plus"
@@ -85,9 +90,7 @@ def cluster(request: pytest.FixtureRequest, fake_server, tmp: Path) -> Iterator[
     case = Path(tempfile.mkdtemp(dir=tmp))
     if shape == "redis-2-hosts":
         redis = request.getfixturevalue("redis_server")
-        import redis as client
-
-        client.Redis.from_url(redis.url).flushdb()
+        redis_client.Redis.from_url(redis.url).flushdb()
 
     def start(**settings: object) -> Hosts:
         if shape == "redis-2-hosts":
@@ -201,3 +204,55 @@ def test_a_restart_of_every_process_keeps_tokens_and_conversations(cluster, fake
     assert len(fake.requests_to("/api/v2/auths/refresh")) == 1, "the stored token was used, not renewed again"
     assert fake.requests_to("/api/v2/chat/completions")[1].json["parent_id"], "the conversation continued"
     assert len(fake.requests_to("/api/v2/chats/new")) == chats + 3, "only the three new conversations made a chat"
+
+
+# ----------------------------------------------------------------- a store that is down
+
+
+def test_a_store_that_does_not_answer_stops_the_start_with_a_clear_error(fake_server, tmp):
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        create_app(load_settings({"CONFIG_FILE": "", "COOKIE_FILE": "", "REDIS_URL": closed}, environ={}))
+    blocked = tmp / "not-a-directory"
+    blocked.write_text("")
+    with pytest.raises(ConfigError, match="STATE_FILE"):
+        create_app(load_settings({"CONFIG_FILE": "", "COOKIE_FILE": "", "STATE_FILE": str(blocked / "state")},
+                                 environ={}))
+    gunicorn = Gunicorn(fake_server.base_url, tmp, 1, REDIS_URL=closed)
+    with pytest.raises(AssertionError):
+        gunicorn.start(timeout=30)
+    assert gunicorn.process.wait(timeout=10) != 0, "gunicorn stops instead of retrying a worker forever"
+    assert "the shared state store does not answer" in gunicorn.log.read_text()
+
+
+def test_a_redis_outage_degrades_to_memory_and_loses_no_token(fake_server, fake, tmp):
+    redis = RedisServer(tmp).start()  # this test's own server: it is stopped mid-test
+    refresh = fake.issue_refresh_token("user-r")
+    account = cookie("user-r", refresh=refresh)
+    hosts = Hosts([Gunicorn(fake_server.base_url, tmp, 2, REDIS_URL=redis.url, COOKIE=account,
+                            AUTO_REFRESH_TOKEN="false")])
+    key = f"qwen2openai:token:{Identity(cookie=account).key}"
+    try:
+        hosts.start()
+        assert hosts.chat(0, [{"role": "user", "content": "hi"}]).status_code == 200
+        redis.stop()
+        codes = [hosts.chat(n, [{"role": "user", "content": "hi"}]).status_code for n in range(8)]
+        assert codes == [200] * 8, "no 500s while the store is down"
+        health = hosts.instances[0].health()
+        assert health["status"] == "degraded" and "unreachable" in health["state"]["warning"]
+        renewed = requests.post(hosts.url(0) + "/refresh-token", headers=AUTH, timeout=10).json()["data"]
+        assert renewed[0]["result"] == "renewed"
+        [alive] = [t for t, user in fake.refresh_tokens.items() if user == "user-r"]
+
+        redis.start()  # the same port, empty: the worker that renewed writes its token back
+        store = redis_client.Redis.from_url(redis.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (store.get(key) and json.loads(store.get(key))["refresh_token"]
+                                                   == alive):
+            hosts.instances[0].health()  # each answer touches the store, which retries it
+            time.sleep(0.1)
+        assert json.loads(store.get(key))["refresh_token"] == alive, "the token renewed meanwhile was kept"
+        assert all(hosts.instances[0].health()["state"]["status"] == "ok" for _ in range(6))
+    finally:
+        hosts.stop()
+        redis.stop()
