@@ -256,3 +256,34 @@ def test_a_redis_outage_degrades_to_memory_and_loses_no_token(fake_server, fake,
     finally:
         hosts.stop()
         redis.stop()
+
+
+# ----------------------------------------------------------------- caps for the whole cluster
+
+
+@pytest.mark.parametrize("cluster", ["sqlite-4-workers"], indirect=True)
+def test_global_limits_count_every_worker(cluster, fake):
+    fake.configure(answer="abcdefgh", chunk_chars=2, stall_after_events=3)
+    hosts = cluster(COOKIE="|||".join(cookie(f"user-{n}") for n in range(2)), GLOBAL_LIMITS="true",
+                    MAX_CONCURRENT_REQUESTS=2, ACCOUNT_MAX_CONCURRENCY=1)
+    held = []
+    for n in range(2):  # two streams held open, each on its own connection (and likely its own worker)
+        resp = requests.post(hosts.url(n) + "/v1/chat/completions", headers=AUTH, stream=True, timeout=20,
+                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        assert next(resp.iter_content(chunk_size=None)).startswith(b"data: ")
+        held.append(resp)
+    try:
+        assert fake.wait_stalled(timeout=5, count=2)
+        owners = answered(fake)
+        assert sorted(owners) == ["user-0", "user-1"], "one turn at a time per account, cluster-wide"
+        refused = hosts.chat(2, [{"role": "user", "content": "hi"}])
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_concurrent_requests"
+        for _ in range(6):
+            health = hosts.instances[0].health()
+            assert health["requests"]["active"] == 2 and health["requests"]["scope"] == "global"
+            assert [a["in_flight"] for a in health["accounts"]["accounts"]] == [1, 1]
+    finally:
+        fake.configure(stall_after_events=None)
+        fake.release_stalls()
+        for resp in held:
+            resp.close()
