@@ -1,6 +1,7 @@
 """The production setup under load: the proxy under gunicorn + gevent (one worker) against the emulator.
 
     python -m bench.serve [--quick] [--levels 1,50,500] [--hold 500,1000,2000,3000] [--relay-events 50000]
+                          [--workers 1] [--state sqlite|memory|redis]
 
 Starts the emulator (``bench.emulator``) and ``gunicorn -c gunicorn.conf.py app:app`` on loopback,
 drives them from this process with gevent, and prints a table and one JSON line:
@@ -92,12 +93,20 @@ class Services:
         argv = [sys.executable, "-m", "bench.emulator", "--port", str(port)]
         return self.start(f"emulator-{port}", argv + (["--replay", str(replay)] if replay else []), port)
 
-    def proxy(self, port: int, upstream: int) -> int:
-        """gunicorn with the production config; returns its worker's pid."""
+    def redis(self) -> str:
+        """A redis-server on a free loopback port, saving nothing; its URL."""
+        port = _free_port()
+        self.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", str(self.log_dir)], port)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def proxy(self, port: int, upstream: int, workers: int = 1, state: dict[str, str] | None = None) -> int:
+        """gunicorn with the production config; returns its (first) worker's pid."""
+        state = {"STATE_FILE": str(self.log_dir / f"state-{port}.sqlite3")} if state is None else state
         env = {"CONFIG_FILE": "", "COOKIE_FILE": "", "TOKEN_STORE_FILE": "", "QWEN_TOKEN": TOKEN, "API_KEY": KEY,
                "HOST": "127.0.0.1",
                "PORT": str(port), "QWEN_BASE_URL": f"http://127.0.0.1:{upstream}", "MAX_CONCURRENT_REQUESTS": "5000",
-               "WEB_CONCURRENCY": "1"}
+               "WEB_CONCURRENCY": str(workers), **state}
         master = self.start(f"gunicorn-{port}", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
                             port, env)
         children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
@@ -337,6 +346,9 @@ def main() -> None:
     parser.add_argument("--hold", default="500,1000,2000,3000")
     parser.add_argument("--relay-events", type=int, default=50000)
     parser.add_argument("--rounds", type=int, default=2, help="alternating direct/proxy rounds per level")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (WEB_CONCURRENCY)")
+    parser.add_argument("--state", choices=("sqlite", "memory", "redis"), default="sqlite",
+                        help="the shared state: the default SQLite file, per-process memory, or a redis-server")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     hold_levels = [int(x) for x in args.hold.split(",")]
@@ -351,7 +363,12 @@ def main() -> None:
     try:
         emulator, proxy, replay, relay_proxy = (_free_port() for _ in range(4))
         services.emulator(emulator)
-        worker = services.proxy(proxy, emulator)
+        state = None  # the default: a SQLite file
+        if args.state == "memory":
+            state = {"STATE_FILE": ""}
+        elif args.state == "redis":
+            state = {"REDIS_URL": services.redis()}
+        worker = services.proxy(proxy, emulator, args.workers, state)
         services.emulator(replay, replay=args.relay_events)
         relay_worker = services.proxy(relay_proxy, replay)
         print(f"emulator :{emulator}, proxy :{proxy} (worker {worker}); logs in {services.log_dir}", file=sys.stderr)
@@ -360,6 +377,7 @@ def main() -> None:
             "hold": hold(emulator, proxy, worker, hold_levels),
             "relay": relay(relay_proxy, relay_worker, args.relay_events, max(3, args.rounds)),
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()[0],
+            "workers": args.workers, "state": args.state,
         }
     finally:
         services.stop()

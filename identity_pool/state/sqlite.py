@@ -119,7 +119,7 @@ class SqliteStore(StateStore):
             db.execute("DELETE FROM kv WHERE k = ? AND v = ?", ("lock:" + name, encode(owner)))
 
     def schedule(self, queue: str, member: str, at: float) -> int:
-        with self._tx(write=True) as db:
+        with self._tx() as db:  # one commit; the length is read after it (a bound, not a promise)
             db.execute("INSERT OR REPLACE INTO sched (q, m, at) VALUES (?, ?, ?)", (queue, member, at))
             return db.execute("SELECT COUNT(*) FROM sched WHERE q = ?", (queue,)).fetchone()[0]
 
