@@ -2,6 +2,7 @@
 
     python -m bench.serve [--quick] [--levels 1,50,500] [--hold 500,1000,2000,3000] [--relay-events 50000]
                           [--workers 1] [--state sqlite|memory|redis]
+    python -m bench.serve --scale [--levels 1,50,500]   # 1, 2 and 4 workers, SQLite and Redis, vs direct
 
 Starts the emulator (``bench.emulator``) and ``gunicorn -c gunicorn.conf.py app:app`` on loopback,
 drives them from this process with gevent, and prints a table and one JSON line:
@@ -114,6 +115,11 @@ class Services:
         while not children.read_text().split() and time.monotonic() < deadline:
             time.sleep(0.05)
         return int(children.read_text().split()[0])
+
+    def stop_one(self, process: subprocess.Popen) -> None:
+        process.terminate()
+        process.wait(timeout=30)
+        self.processes.remove(process)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -339,6 +345,29 @@ def report(figures: dict) -> None:
     print(json.dumps(figures, separators=(",", ":")))
 
 
+def scale(services: Services, emulator: int, levels: list[int], turns: dict[int, int], rounds: int) -> list[dict]:
+    """Latency and throughput of 1, 2 and 4 workers with SQLite and with Redis, each against direct."""
+    redis_url, rows = services.redis(), []
+    for state in ("sqlite", "redis"):
+        for workers in (1, 2, 4):
+            port = _free_port()
+            env = {"REDIS_URL": redis_url} if state == "redis" else None
+            services.proxy(port, emulator, workers, env)
+            process = services.processes[-1]
+            gevent.sleep(2 + workers)  # every worker booted, not only the first
+            print(f"{workers} worker(s), {state}:", file=sys.stderr)
+            for level, row in latency(emulator, port, levels, turns, rounds).items():
+                rows.append({"workers": workers, "state": state, "concurrent": int(level), **row})
+            services.stop_one(process)
+    print(f"\n{'workers':>7} {'state':>6} {'concurrent':>10} {'added TTFB p50':>15} {'p99':>10} "
+          f"{'proxy turns/s':>14} {'direct':>8} {'vs direct':>9}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['state']:>6} {r['concurrent']:>10} {r['added_ttfb_p50_ms']:13.2f}ms "
+              f"{r['added_ttfb_p99_ms']:8.2f}ms {r['proxy']['turns_per_s']:14.1f} {r['direct']['turns_per_s']:8.1f} "
+              f"{r['throughput_vs_direct']:8.2f}x")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns and levels: a smoke run")
@@ -347,6 +376,7 @@ def main() -> None:
     parser.add_argument("--relay-events", type=int, default=50000)
     parser.add_argument("--rounds", type=int, default=2, help="alternating direct/proxy rounds per level")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (WEB_CONCURRENCY)")
+    parser.add_argument("--scale", action="store_true", help="only latency, for 1, 2 and 4 workers × SQLite, Redis")
     parser.add_argument("--state", choices=("sqlite", "memory", "redis"), default="sqlite",
                         help="the shared state: the default SQLite file, per-process memory, or a redis-server")
     args = parser.parse_args()
@@ -363,6 +393,11 @@ def main() -> None:
     try:
         emulator, proxy, replay, relay_proxy = (_free_port() for _ in range(4))
         services.emulator(emulator)
+        if args.scale:
+            rows = scale(services, emulator, levels, turns, args.rounds)
+            print(json.dumps({"scale": rows, "load_average_at_start": load_at_start,
+                              "load_average_at_end": os.getloadavg()[0]}, separators=(",", ":")))
+            return
         state = None  # the default: a SQLite file
         if args.state == "memory":
             state = {"STATE_FILE": ""}
