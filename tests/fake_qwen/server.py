@@ -38,6 +38,9 @@ from werkzeug.wrappers import Request, Response
 
 from tests.fake_qwen.agents import SCRIPT_ROUTES, ScriptedReplies
 from tests.fake_qwen.auth import AUTH_ROUTES, AuthMixin
+from tests.fake_qwen.drift import (
+    candidate_events, drift_checks, missing_browser_headers, rival_of, think_skip_frames, thinking_off_refused,
+)
 from tests.fake_qwen.wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
     INVALID_INPUT_DETAILS, LINE_ENDINGS, QUOTA_DETAILS, SITE, Payload, make_jwt,
@@ -99,6 +102,10 @@ class Scenario(UploadScenario, MediaOutSwitches):
     access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
     session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
     account_faults: dict[str, str] | None = None  # account id -> fault on its chats/new and completions
+    require_browser_headers: bool = True  # a completion without Sec-Fetch-*, timezone, ... draws RGV587 (§1.2)
+    candidates: int = 1  # 2: two candidate answers, interleaved (§14; tests.fake_qwen.drift)
+    candidate_order: str = "followed_first"  # whose deltas come first after both created events
+    candidate_untagged: bool = False  # some deltas of candidate 0 carry no response_id
 
     def __post_init__(self) -> None:
         checks = [
@@ -109,7 +116,7 @@ class Scenario(UploadScenario, MediaOutSwitches):
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
             (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
-        ] + self._check_uploads() + media_out_checks(self)
+        ] + self._check_uploads() + media_out_checks(self) + drift_checks(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -488,6 +495,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         if limit is not None and len(request.get_data(cache=True).decode("utf-8", "replace")) >= limit:
             return json_text_response(x5sec_body(new_request_id()))
         user = self._user(request)
+        if scenario.require_browser_headers and missing_browser_headers(request.headers):
+            return json_text_response(x5sec_body(new_request_id()))
         if scenario.require_version_header and not request.headers.get("version", "").strip():
             return fail_response("Bad_Request", "RequestValidationError: Header 'version': Field required")
         chat_id = request.args.get("chat_id")
@@ -515,9 +524,17 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         meta = model_meta(model_records(scenario.models), model_id)
         turn = new_turn(scenario, chat["id"], message, features.get("output_schema") == "phase")
         chat_type = message.get("chat_type") or chat["chat_type"]
+        if thinking_off_refused(meta, features):
+            return self._sse(scenario, think_skip_frames(chat["id"], turn.parent_fid))
         thinking_on, search_on = turn_switches(features, meta, chat_type)
         self._record_turn(chat, body, message, turn, model_id, thinking_on, search_on)
-        events = turn_events(turn, thinking_on, search_on)
+        if scenario.candidates == 1:
+            events = turn_events(turn, thinking_on, search_on)
+        else:
+            turns = [turn, rival_of(turn)]
+            chat["turns"][-1]["candidates"] = [t.response_id for t in turns]
+            events = candidate_events(turns, thinking_on, search_on, scenario.candidate_order,
+                                      scenario.candidate_untagged)
         return self._sse(scenario, events, stop_keys=(chat["id"], turn.response_id))
 
     def _record_turn(self, chat: dict, body: dict, message: dict, turn: TurnRecord, model_id: str,
