@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
 from tests.fake_qwen import FakeQwen
 from tests.fake_qwen.drift import RIVAL_ANSWER, RIVAL_SOURCE, RIVAL_THOUGHT
@@ -95,3 +96,19 @@ def test_completion_without_the_browser_header_set_draws_rgv587(fake: FakeQwen, 
     assert "RGV587" in resp.text
     fake.configure(require_browser_headers=False)
     assert post_turn(base, chat_id, turn_body(chat_id), hdrs).headers["Content-Type"].startswith("text/event-stream")
+
+
+def test_the_waf_sets_its_cookie_and_can_require_it_back(fake: FakeQwen, base: str) -> None:
+    fake.configure(require_waf_cookie=True)
+    session = requests.Session()
+    hdrs = headers()
+    chat = session.post(f"{base}/api/v2/chats/new", json={"models": ["qwen3.7-plus"]}, headers=hdrs, timeout=5)
+    issued = chat.cookies.get("acw_tc")
+    assert issued and "HttpOnly" in chat.headers["Set-Cookie"]
+    chat_id = chat.json()["data"]["id"]
+    assert "RGV587" in post_turn(base, chat_id, turn_body(chat_id), hdrs).text, "token= alone is not the jar"
+    with_jar = {**hdrs, "Cookie": hdrs["Cookie"] + f"; acw_tc={issued}"}
+    resp = post_turn(base, chat_id, turn_body(chat_id), with_jar)
+    assert resp.headers["Content-Type"].startswith("text/event-stream") and "Set-Cookie" not in resp.headers
+    forged = {**hdrs, "Cookie": hdrs["Cookie"] + "; acw_tc=made-up"}
+    assert "RGV587" in post_turn(base, chat_id, turn_body(chat_id), forged).text

@@ -16,6 +16,9 @@
   ``Sec-Fetch-*``, ``timezone``, ``Connection`` or ``X-Accel-Buffering`` draws the
   x5sec/RGV587 refusal (``require_browser_headers``); Bearer without the cookie
   does too (``require_cookie``, in the server).
+- **The whole cookie jar** (R1#132): the WAF sets ``acw_tc`` on the first answer;
+  with ``require_waf_cookie`` a completion must carry one it issued, as a browser's
+  jar would, not only ``token=``.
 
 Pure functions over :mod:`tests.fake_qwen.wire` values; the server calls them.
 """
@@ -96,6 +99,18 @@ def think_skip_frames(chat_id: str, fid: str) -> list[dict]:
     """The refusal as the site streams it: created, then ``invalid_input``."""
     return [created_event(chat_id, fid, new_request_id()),
             {"error": {"code": "invalid_input", "details": INVALID_INPUT_DETAILS}}]
+
+
+#: The Aliyun WAF's cookie: set on the first answer to a client without one, then expected back.
+WAF_COOKIE = "acw_tc"
+
+
+def issue_waf_cookie(request: Any, response: Any, issued: set[str]) -> None:
+    """Like the site's WAF: a client that did not send the cookie gets one (a browser keeps it in its jar)."""
+    if request.path.startswith("/api/") and not request.cookies.get(WAF_COOKIE):
+        value = new_request_id().replace("-", "")
+        issued.add(value)
+        response.set_cookie(WAF_COOKIE, value, max_age=1800, path="/", httponly=True)
 
 
 def missing_browser_headers(headers: Mapping[str, str]) -> list[str]:

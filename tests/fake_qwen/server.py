@@ -39,7 +39,8 @@ from werkzeug.wrappers import Request, Response
 from tests.fake_qwen.agents import SCRIPT_ROUTES, ScriptedReplies
 from tests.fake_qwen.auth import AUTH_ROUTES, AuthMixin
 from tests.fake_qwen.drift import (
-    candidate_events, drift_checks, missing_browser_headers, rival_of, think_skip_frames, thinking_off_refused,
+    WAF_COOKIE, candidate_events, drift_checks, issue_waf_cookie, missing_browser_headers, rival_of,
+    think_skip_frames, thinking_off_refused,
 )
 from tests.fake_qwen.wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
@@ -106,6 +107,7 @@ class Scenario(UploadScenario, MediaOutSwitches):
     candidates: int = 1  # 2: two candidate answers, interleaved (§14; tests.fake_qwen.drift)
     candidate_order: str = "followed_first"  # whose deltas come first after both created events
     candidate_untagged: bool = False  # some deltas of candidate 0 carry no response_id
+    require_waf_cookie: bool = False  # a completion must carry an acw_tc cookie the site set (R1#132)
 
     def __post_init__(self) -> None:
         checks = [
@@ -216,6 +218,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self.requests: list[RecordedRequest] = []
         self.chats: dict[str, dict] = {}
         self.invalid_tokens: set[str] = set()
+        self.waf_cookies: set[str] = set()
         self.sessions: dict[str, str] = {}
         self.refresh_tokens: dict[str, str] = {}
         self.accounts: dict[str, str] = {}
@@ -247,6 +250,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             self.requests.clear()
             self.chats.clear()
             self.invalid_tokens.clear()
+            self.waf_cookies.clear()
             self.sessions.clear()
             self.refresh_tokens.clear()
             self.accounts.clear()
@@ -286,6 +290,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         """The WSGI entry point."""
         request = Request(environ)
         response = self._dispatch(request)
+        issue_waf_cookie(request, response, self.waf_cookies)
         return response(environ, start_response)
 
     def _dispatch(self, request: Request) -> Response:
@@ -496,6 +501,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             return json_text_response(x5sec_body(new_request_id()))
         user = self._user(request)
         if scenario.require_browser_headers and missing_browser_headers(request.headers):
+            return json_text_response(x5sec_body(new_request_id()))
+        if scenario.require_waf_cookie and request.cookies.get(WAF_COOKIE) not in self.waf_cookies:
             return json_text_response(x5sec_body(new_request_id()))
         if scenario.require_version_header and not request.headers.get("version", "").strip():
             return fail_response("Bad_Request", "RequestValidationError: Header 'version': Field required")
