@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from config import ConfigError, load_settings
 from transform import answer
 from transform import openai_chat as t
+from tests.helpers import FIXTURES
 
 A, B = "rid-a", "rid-b"
 
@@ -100,6 +104,16 @@ def test_think_skip_is_read_from_the_model_meta(meta, think_skip):
     assert t.parse_upstream_models({"data": [item]})[0].think_skip is think_skip
 
 
+def test_the_capture_keeps_think_skip_in_info_meta():
+    raw = json.loads((FIXTURES / "models-v2-response.json").read_text())
+    meta = raw["data"]["data"][0]["info"]["meta"]
+    assert meta["think_skip"] == {"enable": True}
+    assert t.parse_upstream_models(raw)[0].think_skip is True
+    meta["think_skip"]["enable"] = False
+    [model] = t.parse_upstream_models(raw)
+    assert model.think_skip is False and not [v for v in t.model_variants(model) if "-fast" in v]
+
+
 def test_no_fast_variant_for_models_that_refuse_thinking_off():
     ids = [m["id"] for m in t.openai_model_list(MODELS)]
     assert "qwen3.7-plus-fast" in ids and "qwen3.7-plus-fast-search" in ids
@@ -134,3 +148,21 @@ def test_thinking_on_and_auto_are_untouched_where_the_model_refuses_thinking_off
     assert t.resolve_thinking(t.ModelChoice(SKIPLESS), _chat(enable_thinking=True)) is True
     assert t.resolve_thinking(t.ModelChoice(SKIPLESS, thinking=True), _chat()) is True
     assert t.resolve_thinking(t.ModelChoice(SKIPLESS), _chat()) is None
+
+
+# ----------------------------------------------------------------- header settings
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("QWEN_VERSION", "0.2.81\r\nX-Evil: 1"), ("QWEN_SEC_CH_UA", '"Chromium";v="140" — 中文'), ("QWEN_BX_V", " "),
+])
+def test_header_settings_must_be_one_line_of_ascii(key, value):
+    with pytest.raises(ConfigError, match=key):
+        load_settings({"CONFIG_FILE": "", "COOKIE_FILE": "", key: value}, environ={})
+
+
+def test_header_settings_defaults_and_overrides():
+    settings = load_settings({"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_SEND_BEARER": "true",
+                              "QWEN_ACCEPT_LANGUAGE": " zh-CN,zh;q=0.9 "}, environ={})
+    assert settings.QWEN_SEND_BEARER is True and settings.QWEN_ACCEPT_LANGUAGE == "zh-CN,zh;q=0.9"
+    assert load_settings({"CONFIG_FILE": "", "COOKIE_FILE": ""}, environ={}).QWEN_SEND_BEARER is False
