@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
+from transform.tool_prompts import format_call
 from tests.fake_qwen.drift import RIVAL_ANSWER, RIVAL_SOURCE, RIVAL_THOUGHT
 from tests.helpers import TOKEN
 
@@ -157,3 +159,24 @@ def test_cookies_the_site_sets_are_sent_back_like_a_browser_jar(client, fake):
     issued = fake.requests_to(COMPLETIONS)[0].cookies["acw_tc"]
     assert issued in fake.waf_cookies
     assert all(r.cookies.get("acw_tc") == issued and r.cookies["token"] == TOKEN for r in fake.requests_to(COMPLETIONS))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_come_from_the_followed_candidate_only(client, fake, stream):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    fake.configure(candidates=2, candidate_order="rival_first",
+                   rival_answer="Checking Berlin.\n" + format_call("get_weather", {"city": "Berlin"}))
+    fake.script("Checking Paris.\n" + format_call("get_weather", {"city": "Paris"}))
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    if stream:
+        chunks = list(client.chat.completions.create(model="qwen3.7-plus", messages=ask, tools=[weather], stream=True))
+        calls = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        arguments = "".join(tc.function.arguments or "" for tc in calls)
+        assert {tc.index for tc in calls} == {0}
+    else:
+        message = client.chat.completions.create(model="qwen3.7-plus", messages=ask, tools=[weather]).choices[0].message
+        [call] = message.tool_calls
+        content, arguments = message.content, call.function.arguments
+    assert content.strip() == "Checking Paris." and json.loads(arguments) == {"city": "Paris"}

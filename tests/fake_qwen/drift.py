@@ -50,10 +50,10 @@ def drift_checks(scenario: Any) -> list[tuple[bool, str]]:
     ]
 
 
-def rival_of(turn: TurnRecord) -> TurnRecord:
-    """Candidate 1 of a turn: its own response id, answer, thinking and sources."""
+def rival_of(turn: TurnRecord, answer: str = "") -> TurnRecord:
+    """Candidate 1 of a turn: its own response id, answer (``RIVAL_ANSWER`` twice by default), thinking and sources."""
     return dataclasses.replace(
-        turn, response_id=new_request_id(), answer=RIVAL_ANSWER * 2,
+        turn, response_id=new_request_id(), answer=answer or RIVAL_ANSWER * 2,
         thinking=[RIVAL_THOUGHT] if turn.thinking else [], titles=["Rival title"] if turn.titles else [],
         search_results=[dict(RIVAL_SOURCE)] if turn.search_results else [])
 

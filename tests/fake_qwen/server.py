@@ -107,6 +107,7 @@ class Scenario(UploadScenario, MediaOutSwitches):
     candidates: int = 1  # 2: two candidate answers, interleaved (§14; tests.fake_qwen.drift)
     candidate_order: str = "followed_first"  # whose deltas come first after both created events
     candidate_untagged: bool = False  # some deltas of candidate 0 carry no response_id
+    rival_answer: str = ""  # what candidate 1 says (empty: drift.RIVAL_ANSWER twice)
     require_waf_cookie: bool = False  # a completion must carry an acw_tc cookie the site set (R1#132)
 
     def __post_init__(self) -> None:
@@ -538,7 +539,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         if scenario.candidates == 1:
             events = turn_events(turn, thinking_on, search_on)
         else:
-            turns = [turn, rival_of(turn)]
+            turns = [turn, rival_of(turn, scenario.rival_answer)]
             chat["turns"][-1]["candidates"] = [t.response_id for t in turns]
             events = candidate_events(turns, thinking_on, search_on, scenario.candidate_order,
                                       scenario.candidate_untagged)
