@@ -125,6 +125,9 @@ class QwenClient:
             "x-request-id": str(uuid.uuid4()),
             "X-Accel-Buffering": "no",
         }
+        for name, value in (("bx-ua", s.QWEN_BX_UA), ("bx-umidtoken", s.QWEN_BX_UMIDTOKEN)):
+            if value:
+                headers[name] = value
         if identity is not None:
             if identity.token and bearer and s.QWEN_SEND_BEARER:
                 headers["Authorization"] = f"Bearer {identity.token}"

@@ -147,6 +147,11 @@ def test_header_values_are_settings(make_proxy, fake):
     assert (h["version"], h["bx-v"], h["Accept-Language"], h["sec-ch-ua"], h["User-Agent"]) == (
         "0.2.90", "2.5.40", "zh-CN,zh;q=0.9", '"Chromium";v="141"', "Mozilla/5.0 Test")
     assert h["Authorization"] == f"Bearer {TOKEN}"
+    assert "bx-ua" not in h and "bx-umidtoken" not in h, "fingerprints only when configured"
+    proxy = make_proxy(QWEN_BX_UA="231!fake-fingerprint", QWEN_BX_UMIDTOKEN="T2gAfake")
+    proxy.client().chat.completions.create(model="qwen3.7-plus", messages=MESSAGES)
+    h = fake.requests_to(COMPLETIONS)[-1].headers
+    assert (h["bx-ua"], h["bx-umidtoken"]) == ("231!fake-fingerprint", "T2gAfake")
 
 
 def test_cookies_the_site_sets_are_sent_back_like_a_browser_jar(client, fake):
