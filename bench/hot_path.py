@@ -17,7 +17,7 @@ import json
 import pstats
 import time
 
-from qwen_client.wire import SSEDecoder, decode_event
+from qwen_client.wire import Candidates, SSEDecoder, decode_event
 from routes.turns import encode_event
 from transform.answer import StreamTranslator
 from transform.tool_prompts import parse_agent_spec
@@ -52,8 +52,9 @@ def relay(chunks: list[bytes], tools: bool = False) -> int:
 
     translator = translator_for(parse_agent_spec(TOOLS), plain, lambda: "call_bench") if tools else plain()
     sent = 0
+    candidates = Candidates()
     for data in SSEDecoder().iter_payloads(chunks):
-        for chunk in translator.feed(decode_event(data)):
+        for chunk in translator.feed(decode_event(data, candidates)):
             sent += len(encode_event(chunk))
     return sent
 

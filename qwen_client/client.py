@@ -38,6 +38,7 @@ from identity_pool import new_session
 from qwen_client import oss
 from qwen_client.wire import (
     DONE,
+    Candidates,
     MAX_ERROR_BODY,
     SSEDecoder,
     StsGrant,
@@ -360,6 +361,7 @@ class AnswerStream:
         self._response: requests.Response | None = None
         self._closed = False
         self._decoder = SSEDecoder()
+        self._candidates = Candidates()
         self._seen = 0
         self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
         self._held: list[dict] | None = None  # what peek() took
@@ -456,7 +458,7 @@ class AnswerStream:
         events = []
         for data in payloads:
             try:
-                event = decode_event(data)
+                event = decode_event(data, self._candidates)
             except ProxyError as exc:
                 self._end = exc
                 break

@@ -112,3 +112,14 @@ def test_the_waf_sets_its_cookie_and_can_require_it_back(fake: FakeQwen, base: s
     assert resp.headers["Content-Type"].startswith("text/event-stream") and "Set-Cookie" not in resp.headers
     forged = {**hdrs, "Cookie": hdrs["Cookie"] + "; acw_tc=made-up"}
     assert "RGV587" in post_turn(base, chat_id, turn_body(chat_id), forged).text
+
+
+def test_the_rival_candidate_can_end_in_its_own_tagged_error(fake: FakeQwen, base: str) -> None:
+    fake.configure(candidates=2, candidate_rival_fails=True, answer="Zero finishes normally.")
+    _, events = run_turn(base, thinking=False)
+    first, second = (e["response.created"]["response_id"] for e in events[:2])
+    [error] = [e for e in events if "error" in e]
+    assert error["response_id"] == second and error["response_index"] == 1
+    assert error["error"]["code"] == "data_inspection_failed"
+    assert _answers(events)[first] == fake.scenario.answer
+    assert delta([e for e in events if e.get("response_id") == first][-1])["status"] == "finished"

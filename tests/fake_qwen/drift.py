@@ -8,7 +8,9 @@
   some deltas of candidate 0 (§14 says every delta is tagged: an untagged one is
   not a measured form, so the emulator lets it belong to the first answer, the
   reading a client should take). Candidate 1 differs in text, thinking, sources
-  and usage, so any leak of it into a reply is visible.
+  and usage, so any leak of it into a reply is visible; ``rival_answer`` sets its
+  text, and ``candidate_rival_fails`` ends it in a moderation error tagged with its
+  own ``response_id`` (errors carry one, §6.6), while candidate 0 finishes.
 - **think_skip** (R1 PR#146): a model whose ``info.meta.think_skip.enable`` is
   ``false`` answers ``thinking_enabled: false`` with the in-stream
   ``invalid_input`` error, after ``response.created``.
@@ -28,7 +30,7 @@ import dataclasses
 import itertools
 from typing import Any, Iterator, Mapping
 
-from tests.fake_qwen.wire import INVALID_INPUT_DETAILS, TurnRecord, created_event, new_request_id, turn_events
+from tests.fake_qwen.wire import INSPECTION_DETAILS, INVALID_INPUT_DETAILS, TurnRecord, created_event, new_request_id, turn_events
 
 CANDIDATE_ORDERS = ("followed_first", "rival_first")
 #: What candidate 1 says instead; tests look for it to prove it never reached a reply.
@@ -59,9 +61,15 @@ def rival_of(turn: TurnRecord, answer: str = "") -> TurnRecord:
 
 
 def candidate_events(turns: list[TurnRecord], thinking_on: bool, search_on: bool, order: str = "followed_first",
-                     untagged: bool = False) -> Iterator[dict]:
-    """Both candidates' streams: the created events in index order, then their deltas interleaved."""
+                     untagged: bool = False, rival_fails: bool = False) -> Iterator[dict]:
+    """Both candidates' streams: the created events in index order, then their deltas interleaved.
+
+    With ``rival_fails``, candidate 1 ends in the output moderation error, tagged with its
+    ``response_id`` and ``response_index`` as §6.6 shows such errors, instead of finishing.
+    """
     streams = [turn_events(turn, thinking_on, search_on) for turn in turns]
+    if rival_fails:
+        streams[1] = _failing(streams[1], turns[1].response_id)
     for index, stream in enumerate(streams):
         created = next(stream)
         created["response.created"]["response_index"] = str(index)
@@ -81,6 +89,16 @@ def candidate_events(turns: list[TurnRecord], thinking_on: bool, search_on: bool
                 if untagged and index == 0 and _is_answer_text(event) and next(strip):
                     del event["response_id"]  # every other answer delta of candidate 0
                 yield event
+
+
+def _failing(stream: Iterator[dict], response_id: str) -> Iterator[dict]:
+    """A candidate's stream whose last event (its finish) is replaced by a moderation error of its own."""
+    previous = next(stream)
+    for event in stream:
+        yield previous
+        previous = event
+    yield {"error": {"code": "data_inspection_failed", "modality": ["text"], "stage": "output",
+                     "details": INSPECTION_DETAILS}, "response_id": response_id, "response_index": 1}
 
 
 def _is_answer_text(event: dict) -> bool:

@@ -108,6 +108,7 @@ class Scenario(UploadScenario, MediaOutSwitches):
     candidate_order: str = "followed_first"  # whose deltas come first after both created events
     candidate_untagged: bool = False  # some deltas of candidate 0 carry no response_id
     rival_answer: str = ""  # what candidate 1 says (empty: drift.RIVAL_ANSWER twice)
+    candidate_rival_fails: bool = False  # candidate 1 ends in a moderation error tagged with its response_id
     require_waf_cookie: bool = False  # a completion must carry an acw_tc cookie the site set (R1#132)
 
     def __post_init__(self) -> None:
@@ -542,7 +543,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             turns = [turn, rival_of(turn, scenario.rival_answer)]
             chat["turns"][-1]["candidates"] = [t.response_id for t in turns]
             events = candidate_events(turns, thinking_on, search_on, scenario.candidate_order,
-                                      scenario.candidate_untagged)
+                                      scenario.candidate_untagged, scenario.candidate_rival_fails)
         return self._sse(scenario, events, stop_keys=(chat["id"], turn.response_id))
 
     def _record_turn(self, chat: dict, body: dict, message: dict, turn: TurnRecord, model_id: str,

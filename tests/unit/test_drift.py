@@ -7,6 +7,8 @@ import json
 import pytest
 
 from config import ConfigError, load_settings
+from errors import ContentFiltered
+from qwen_client import wire
 from transform import answer
 from transform import openai_chat as t
 from tests.helpers import FIXTURES
@@ -166,3 +168,29 @@ def test_header_settings_defaults_and_overrides():
                               "QWEN_ACCEPT_LANGUAGE": " zh-CN,zh;q=0.9 "}, environ={})
     assert settings.QWEN_SEND_BEARER is True and settings.QWEN_ACCEPT_LANGUAGE == "zh-CN,zh;q=0.9"
     assert load_settings({"CONFIG_FILE": "", "COOKIE_FILE": ""}, environ={}).QWEN_SEND_BEARER is False
+
+
+# ----------------------------------------------------------------- the wire: the other candidate's errors
+
+
+def _decode(payloads: list[dict]) -> list:
+    candidates = wire.Candidates()
+    return [wire.decode_event(json.dumps(p).encode(), candidates) for p in payloads]
+
+
+def test_an_error_of_the_candidate_not_followed_is_dropped():
+    error = {"error": {"code": "data_inspection_failed", "stage": "output", "details": "x"}, "response_id": B,
+             "response_index": 1}
+    decoded = _decode([created(A, 0), created(B, 1), text("ok", A), error, finished(A)])
+    assert decoded[3] is None and decoded[4] == finished(A)
+
+
+@pytest.mark.parametrize("tag", [A, None, "rid-unknown"])
+def test_any_other_error_still_ends_the_answer(tag):
+    error = {"error": {"code": "data_inspection_failed", "details": "x"}}
+    if tag:
+        error["response_id"] = tag
+    with pytest.raises(ContentFiltered):
+        _decode([created(A, 0), created(B, 1), error])
+    with pytest.raises(ContentFiltered):
+        _decode([created(A, 0), {**error, "response_id": B}])  # one candidate only: nothing to ignore
