@@ -111,8 +111,9 @@ class Identity:
         """The browser cookie jar with the current token; the site authenticates writes on it (§1.2).
 
         With ``url``, cookies the site has set on this account's session since
-        (its WAF's ``acw_tc`` and the like) are sent too, newest value first, as a
-        browser would: the site gates writes on the whole jar, not ``token=`` alone (§14).
+        (its WAF's ``acw_tc`` and the like) are sent too, replacing a configured
+        value of the same name, as a browser's jar would: the site gates writes on
+        the whole jar, not ``token=`` alone (§14). The account's token always wins.
         """
         cookies = dict(self.cookies)
         if url is not None and self._session is not None and len(self._session.cookies):
