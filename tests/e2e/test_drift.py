@@ -43,10 +43,12 @@ def _whole(client, model: str) -> dict:
 @pytest.mark.parametrize("read", [_streamed, _whole], ids=["stream", "non-stream"])
 @pytest.mark.parametrize("switches", [
     {"candidate_order": "followed_first"}, {"candidate_order": "rival_first"}, {"candidate_untagged": True},
-    {"candidate_rival_fails": True, "candidate_order": "rival_first"},
-], ids=["followed-first", "rival-first", "untagged", "rival-fails"])
+    {"candidate_rival_fails": True, "candidate_order": "rival_first"}, {"content_mode": "cumulative"},
+], ids=["followed-first", "rival-first", "untagged", "rival-fails", "cumulative"])
 def test_two_candidates_give_exactly_one_answer(client, fake, read, switches):
-    fake.configure(answer=ANSWER, thinking=["Define it.", "Keep it short."], search_results=SOURCES)
+    switches = dict(switches)
+    fake.configure(answer=ANSWER, thinking=["Define it.", "Keep it short."], search_results=SOURCES,
+                   content_mode=switches.pop("content_mode", "incremental"))
     single = read(client, "qwen3.7-plus-thinking-search")
     assert single["content"] == ANSWER and single["reasoning"]
     fake.configure(candidates=2, **switches)
