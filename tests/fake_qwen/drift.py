@@ -60,6 +60,16 @@ def rival_of(turn: TurnRecord, answer: str = "") -> TurnRecord:
         search_results=[dict(RIVAL_SOURCE)] if turn.search_results else [])
 
 
+def answer_events(scenario: Any, turn: TurnRecord, thinking_on: bool, search_on: bool) -> tuple[Iterator[dict], list[str]]:
+    """The turn's stream, with a second candidate when the scenario asks, and the response ids of the candidates."""
+    if scenario.candidates == 1:
+        return turn_events(turn, thinking_on, search_on), [turn.response_id]
+    turns = [turn, rival_of(turn, scenario.rival_answer)]
+    events = candidate_events(turns, thinking_on, search_on, scenario.candidate_order, scenario.candidate_untagged,
+                              scenario.candidate_rival_fails)
+    return events, [t.response_id for t in turns]
+
+
 def candidate_events(turns: list[TurnRecord], thinking_on: bool, search_on: bool, order: str = "followed_first",
                      untagged: bool = False, rival_fails: bool = False) -> Iterator[dict]:
     """Both candidates' streams: the created events in index order, then their deltas interleaved.

@@ -39,8 +39,8 @@ from werkzeug.wrappers import Request, Response
 from tests.fake_qwen.agents import SCRIPT_ROUTES, ScriptedReplies
 from tests.fake_qwen.auth import AUTH_ROUTES, AuthMixin
 from tests.fake_qwen.drift import (
-    WAF_COOKIE, candidate_events, drift_checks, issue_waf_cookie, missing_browser_headers, rival_of,
-    think_skip_frames, thinking_off_refused,
+    WAF_COOKIE, answer_events, drift_checks, issue_waf_cookie, missing_browser_headers, think_skip_frames,
+    thinking_off_refused,
 )
 from tests.fake_qwen.wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
@@ -49,7 +49,7 @@ from tests.fake_qwen.wire import (  # public names re-exported: tests import the
 from tests.fake_qwen.wire import (
     REPLY_FAULTS, STREAM_FAULT_FRAMES, chat_detail_of, chat_row, content_parts_of, credentials_of, decode_jwt,
     detail_response, fail_response, fail_body, fault_ids, sse_frame, history_messages, json_response, json_text_response, limit_hit,
-    model_meta, model_records, new_turn, ok_response, profile_record, new_request_id, settings_record, TurnRecord, turn_events,
+    model_meta, model_records, new_turn, ok_response, profile_record, new_request_id, settings_record, TurnRecord,
     turn_switches, StreamWriter, x5sec_body,
 )
 from tests.fake_qwen.media_out import (
@@ -537,13 +537,9 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             return self._sse(scenario, think_skip_frames(chat["id"], turn.parent_fid))
         thinking_on, search_on = turn_switches(features, meta, chat_type)
         self._record_turn(chat, body, message, turn, model_id, thinking_on, search_on)
-        if scenario.candidates == 1:
-            events = turn_events(turn, thinking_on, search_on)
-        else:
-            turns = [turn, rival_of(turn, scenario.rival_answer)]
-            chat["turns"][-1]["candidates"] = [t.response_id for t in turns]
-            events = candidate_events(turns, thinking_on, search_on, scenario.candidate_order,
-                                      scenario.candidate_untagged, scenario.candidate_rival_fails)
+        events, candidates = answer_events(scenario, turn, thinking_on, search_on)
+        with self._lock:
+            chat["turns"][-1]["candidates"] = candidates
         return self._sse(scenario, events, stop_keys=(chat["id"], turn.response_id))
 
     def _record_turn(self, chat: dict, body: dict, message: dict, turn: TurnRecord, model_id: str,
