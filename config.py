@@ -57,6 +57,14 @@ class Settings:
         "(KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
     )
     QWEN_BX_V: str = "2.5.36"
+    #: The Chrome brand list matching QWEN_USER_AGENT, and the browser's languages.
+    QWEN_SEC_CH_UA: str = '"Chromium";v="140", "Not=A?Brand";v="24", "Google Chrome";v="140"'
+    QWEN_ACCEPT_LANGUAGE: str = "en-US,en;q=0.9"
+    #: The anti-bot fingerprint headers of a real browser session (§1.2), sent only when set.
+    QWEN_BX_UA: str = ""
+    QWEN_BX_UMIDTOKEN: str = ""
+    #: Also send ``Authorization: Bearer``; the web app authenticates on the cookie alone (§14, front-end 0.2.81).
+    QWEN_SEND_BEARER: bool = False
     CONNECT_TIMEOUT: float = 10.0
     #: Longest silence tolerated between two bytes of an answer (thinking can be quiet 50 s+).
     READ_TIMEOUT: float = 180.0
@@ -198,6 +206,18 @@ def _base_url(value: Any) -> str:
     return url
 
 
+def _header_value(value: Any) -> str:
+    """A header value sent to the site: printable ASCII on one line, as a browser sends it."""
+    text = str(value).strip()
+    if not text or not all(" " <= ch <= "~" for ch in text):
+        raise ValueError("must be a non-empty line of printable ASCII (it is sent as an HTTP header)")
+    return text
+
+
+def _optional_header_value(value: Any) -> str:
+    return _header_value(value) if str(value).strip() else ""
+
+
 def _optional_base_url(value: Any) -> str:
     return _base_url(value) if str(value).strip() else ""
 
@@ -221,6 +241,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "MAX_CONCURRENT_REQUESTS": _positive(int),
     "PING_INTERVAL_SECONDS": _positive(float),
     "QWEN_AUTH_URL": _base_url,
+    **{key: _header_value for key in ("QWEN_VERSION", "QWEN_USER_AGENT", "QWEN_BX_V", "QWEN_SEC_CH_UA",
+                                      "QWEN_ACCEPT_LANGUAGE", "QWEN_AUTH_VERSION")},
+    "QWEN_SEND_BEARER": _parse_bool,
+    "QWEN_BX_UA": _optional_header_value,
+    "QWEN_BX_UMIDTOKEN": _optional_header_value,
     "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
     "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
     "POOL_FAILURE_THRESHOLD": _positive(int),

@@ -38,6 +38,7 @@ from identity_pool import new_session
 from qwen_client import oss
 from qwen_client.wire import (
     DONE,
+    Candidates,
     MAX_ERROR_BODY,
     SSEDecoder,
     StsGrant,
@@ -69,13 +70,22 @@ ANSWER_QUEUE_DEPTH = 64
 
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _js_date(now: float) -> str:
-    """The ``timezone`` header as the web app sends it: JS ``Date().toString()`` without the zone name."""
+    """The ``timezone`` header as the web app sends it: JS ``Date().toString()`` without the zone name.
+
+    English names whatever the server's locale, and no zone name (a browser's may be
+    localised): the value stays ASCII, as §14 (front-end 0.2.81) requires.
+    """
     local = time.localtime(now)
     offset = local.tm_gmtoff or 0
     sign = "+" if offset >= 0 else "-"
     hours, minutes = divmod(abs(offset) // 60, 60)
-    return time.strftime("%a %b %d %Y %H:%M:%S", local) + f" GMT{sign}{hours:02d}{minutes:02d}"
+    return (f"{_DAYS[local.tm_wday]} {_MONTHS[local.tm_mon - 1]} {local.tm_mday:02d} {local.tm_year} "
+            f"{local.tm_hour:02d}:{local.tm_min:02d}:{local.tm_sec:02d} GMT{sign}{hours:02d}{minutes:02d}")
 
 
 class QwenClient:
@@ -89,16 +99,21 @@ class QwenClient:
         self.oss_session = new_session(16)
 
     def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
-        """The browser-equivalent header set of §1.2; the site refuses writes without it."""
+        """The browser-equivalent header set of §1.2 and §14; the site refuses writes without it.
+
+        Like the web app (front-end 0.2.81), the account speaks through its whole
+        cookie jar and no ``Authorization`` header unless ``QWEN_SEND_BEARER`` asks for one.
+        """
         s = self.settings
         headers = {
             "Accept": "application/json",
-            "Accept-Language": "en-US,en;q=0.9",
+            "Accept-Language": s.QWEN_ACCEPT_LANGUAGE,
+            "Connection": "keep-alive",
             "Content-Type": "application/json",
             "Origin": self.base_url,
             "Referer": self.base_url + referer,
             "User-Agent": s.QWEN_USER_AGENT,
-            "sec-ch-ua": '"Chromium";v="140", "Not=A?Brand";v="24", "Google Chrome";v="140"',
+            "sec-ch-ua": s.QWEN_SEC_CH_UA,
             "sec-ch-ua-mobile": "?0",
             "sec-ch-ua-platform": '"Windows"',
             "Sec-Fetch-Dest": "empty",
@@ -111,10 +126,13 @@ class QwenClient:
             "x-request-id": str(uuid.uuid4()),
             "X-Accel-Buffering": "no",
         }
+        for name, value in (("bx-ua", s.QWEN_BX_UA), ("bx-umidtoken", s.QWEN_BX_UMIDTOKEN)):
+            if value:
+                headers[name] = value
         if identity is not None:
-            if identity.token and bearer:
+            if identity.token and bearer and s.QWEN_SEND_BEARER:
                 headers["Authorization"] = f"Bearer {identity.token}"
-            headers["Cookie"] = identity.cookie_header()
+            headers["Cookie"] = identity.cookie_header(self.base_url)
         return headers
 
     def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -343,6 +361,7 @@ class AnswerStream:
         self._response: requests.Response | None = None
         self._closed = False
         self._decoder = SSEDecoder()
+        self._candidates = Candidates()
         self._seen = 0
         self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
         self._held: list[dict] | None = None  # what peek() took
@@ -439,7 +458,7 @@ class AnswerStream:
         events = []
         for data in payloads:
             try:
-                event = decode_event(data)
+                event = decode_event(data, self._candidates)
             except ProxyError as exc:
                 self._end = exc
                 break

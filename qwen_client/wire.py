@@ -288,7 +288,33 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def decode_event(data: bytes) -> Any:
+class Candidates:
+    """Which candidate answer a stream follows when the site streams two (§14): the first created.
+
+    The translator drops the other candidate's deltas; here, its errors: an error
+    event tagged with the other candidate's ``response_id`` (§6.6 errors carry one)
+    ends that answer, not the one the client reads.
+    """
+
+    def __init__(self) -> None:
+        self.followed: str | None = None
+        self.others: set[str] = set()
+
+    def note(self, created: Any) -> None:
+        response_id = created.get("response_id") if isinstance(created, dict) else None
+        if not isinstance(response_id, str) or not response_id:
+            return
+        if self.followed is None:
+            self.followed = response_id
+        elif response_id != self.followed:
+            self.others.add(response_id)
+
+    def not_followed(self, event: Mapping[str, Any]) -> bool:
+        return bool(self.others) and event.get("response_id") in self.others
+
+
+def decode_event(data: bytes, candidates: Candidates | None = None) -> Any:
+    """One ``data`` payload: an event, ``DONE``, ``None`` (nothing to use), or the refusal it stands for raised."""
     if data.strip() == b"[DONE]":
         return DONE
     try:
@@ -301,8 +327,13 @@ def decode_event(data: bytes) -> Any:
     if not isinstance(event, dict):
         logger.debug("ignoring a stream event that is not an object")
         return None
+    if candidates is not None and "response.created" in event:
+        candidates.note(event["response.created"])
     error = classify_payload(event)
     if error is not None:
+        if candidates is not None and candidates.not_followed(event):
+            logger.info("ignoring the failure of a candidate answer not relayed: %s", error.message)
+            return None
         raise error
     return event
 

@@ -83,7 +83,9 @@ TIMEOUT = 5
 def headers(token: str | None = None, *, cookie: bool = True, bearer: bool = True,
             version: bool = True) -> dict[str, str]:
     token = token or make_jwt()
-    out = {"source": "web", "Content-Type": "application/json", "Accept": "application/json"}
+    out = {"source": "web", "Content-Type": "application/json", "Accept": "application/json",
+           "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin",
+           "timezone": "Fri Sep 18 2026 12:30:00 GMT+0800", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
     if cookie:
         out["Cookie"] = f"token={token}; ssxmod_itna=abc"
     if bearer:

@@ -167,7 +167,10 @@ class StreamTranslator:
         self.summary = SnapshotDiffer()
         self.usage: Mapping[str, Any] | None = None
         self.sources: dict[str, Mapping[str, Any]] = {}
+        #: The answer followed: the first ``response.created`` seen (index 0); the next turn's ``parent_id``.
         self.response_id: str | None = None
+        #: Another candidate answer streams alongside the followed one (§14): its deltas are dropped.
+        self.rivals = False
         self.finished = False
         self._sent_role = False
 
@@ -186,11 +189,19 @@ class StreamTranslator:
         return self.reasoning.text + self.summary.text
 
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Chunks to send for one upstream event (often none)."""
+        """Chunks to send for one upstream event (often none).
+
+        When the site streams two candidate answers at once (§14), only the
+        first one's events count: a delta tagged with another ``response_id``
+        is dropped whole (text, thinking, sources, usage); an untagged one is
+        taken as the followed answer's.
+        """
         # Events are decoded JSON, so plain dict checks (much cheaper than Mapping) are exact.
         choices = event.get("choices")
         if "response.created" in event or event.get("type") == "response.created":
             self._on_created(event)
+            return []
+        if self.rivals and event.get("response_id", self.response_id) != self.response_id:
             return []
         usage = event.get("usage")
         if usage and isinstance(usage, dict):
@@ -204,8 +215,13 @@ class StreamTranslator:
         created = event.get("response.created")
         if isinstance(event.get("response"), dict):
             created = {"response_id": event["response"].get("id")}  # another observed form (§6.3)
-        if isinstance(created, dict):
-            self.response_id = created.get("response_id") or self.response_id
+        response_id = created.get("response_id") if isinstance(created, dict) else None
+        if not response_id:
+            return
+        if self.response_id is None:
+            self.response_id = response_id
+        elif response_id != self.response_id:
+            self.rivals = True
 
     def _on_delta(self, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
         phase, content = delta.get("phase"), delta.get("content")

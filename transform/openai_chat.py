@@ -43,13 +43,15 @@ class ModelInfo:
     vision: bool = False
     #: Generation chat types the model offers (``t2i``, ``image_edit``, ``t2v``), from its ``chat_type`` list.
     generates: frozenset[str] = frozenset()
+    #: Whether the site lets thinking be turned off (``info.meta.think_skip.enable``); qwen3.8 models refuse (§14).
+    think_skip: bool = True
 
 
 #: Served by ``/v1/models`` only when the site's list cannot be fetched.
 BUILTIN_MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True,
               generates=frozenset({"t2i", "image_edit", "t2v"})),  # as in the models fixture
-    ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True, think_skip=False),
     ModelInfo("qwen3.7-max", "Qwen3.7-Max", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.6-plus", "Qwen3.6-Plus", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.5-plus", "Qwen3.5-Plus", thinking=True, search=True, vision=True),
@@ -93,13 +95,20 @@ def _model_info(item: Mapping[str, Any]) -> ModelInfo:
         search="search" in chat_types or caps.get("search") is True,
         vision=able("vision"),
         generates=frozenset(kind for _, kind in MEDIA_SUFFIXES if kind in chat_types),
+        think_skip=_think_skip(meta),
     )
+
+
+def _think_skip(meta: Mapping[str, Any]) -> bool:
+    """Only an explicit ``think_skip: {"enable": false}`` forbids thinking off; older lists lack the key."""
+    think_skip = meta.get("think_skip")
+    return not (isinstance(think_skip, Mapping) and think_skip.get("enable") is False)
 
 
 def model_variants(model: ModelInfo) -> list[str]:
     """The ids this proxy exposes for one upstream model (§3.3)."""
     ids = [model.id]
-    modes = [THINKING_SUFFIX, FAST_SUFFIX] if model.thinking else []
+    modes = [] if not model.thinking else [THINKING_SUFFIX, FAST_SUFFIX] if model.think_skip else [THINKING_SUFFIX]
     ids += [model.id + m for m in modes]
     if model.search:
         ids += [model.id + SEARCH_SUFFIX] + [model.id + m + SEARCH_SUFFIX for m in modes]
@@ -143,6 +152,9 @@ def resolve_model(requested: str, models: Sequence[ModelInfo], default_model: st
             base, thinking = base[: -len(suffix)], value
             break
     model = by_id.get(base)
+    if model is not None and thinking is False and model.thinking and not model.think_skip:
+        # A "-fast" id from an older model list: this model refuses thinking off (§14); it runs in Auto.
+        thinking, name = None, base + (SEARCH_SUFFIX if search else "")
     if model is None or name not in {v.lower() for v in model_variants(model)}:
         raise _model_not_found(requested, models)
     return ModelChoice(model, thinking=thinking, search=search)
@@ -363,17 +375,22 @@ def feature_config(thinking: bool | None, search: bool, budget: int | None = Non
 
 
 def resolve_thinking(choice: ModelChoice, request: ChatRequest) -> bool | None:
-    """An explicit request wins over the model suffix; models that cannot think never do."""
+    """An explicit request wins over the model suffix; models that cannot think never do.
+
+    Thinking off on a model that refuses it (``think_skip`` off, §14) becomes
+    Auto, the gear nearest to it: the site would fail the turn instead.
+    """
     if not choice.upstream.thinking:
         return False
-    return request.thinking if request.thinking is not None else choice.thinking
+    wanted = request.thinking if request.thinking is not None else choice.thinking
+    return None if wanted is False and not choice.upstream.think_skip else wanted
 
 
 def new_chat_payload(model: str, chat_type: str, timestamp_ms: int) -> dict[str, Any]:
-    """Body of ``POST /api/v2/chats/new`` (§4)."""
+    """Body of ``POST /api/v2/chats/new`` as the web app sends it (§4, §14: front-end 0.2.81, no ``title``)."""
     return {
-        "chatId": "", "title": "New Chat", "models": [model], "chat_mode": "normal",
-        "chat_type": chat_type, "timestamp": timestamp_ms, "project_id": "",
+        "chatId": "", "models": [model], "project_id": "", "chat_type": chat_type, "chat_mode": "normal",
+        "timestamp": timestamp_ms,
     }
 
 

@@ -38,6 +38,10 @@ from werkzeug.wrappers import Request, Response
 
 from tests.fake_qwen.agents import SCRIPT_ROUTES, ScriptedReplies
 from tests.fake_qwen.auth import AUTH_ROUTES, AuthMixin
+from tests.fake_qwen.drift import (
+    WAF_COOKIE, answer_events, drift_checks, issue_waf_cookie, missing_browser_headers, think_skip_frames,
+    thinking_off_refused,
+)
 from tests.fake_qwen.wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
     INVALID_INPUT_DETAILS, LINE_ENDINGS, QUOTA_DETAILS, SITE, Payload, make_jwt,
@@ -45,7 +49,7 @@ from tests.fake_qwen.wire import (  # public names re-exported: tests import the
 from tests.fake_qwen.wire import (
     REPLY_FAULTS, STREAM_FAULT_FRAMES, chat_detail_of, chat_row, content_parts_of, credentials_of, decode_jwt,
     detail_response, fail_response, fail_body, fault_ids, sse_frame, history_messages, json_response, json_text_response, limit_hit,
-    model_meta, model_records, new_turn, ok_response, profile_record, new_request_id, settings_record, TurnRecord, turn_events,
+    model_meta, model_records, new_turn, ok_response, profile_record, new_request_id, settings_record, TurnRecord,
     turn_switches, StreamWriter, x5sec_body,
 )
 from tests.fake_qwen.media_out import (
@@ -99,6 +103,13 @@ class Scenario(UploadScenario, MediaOutSwitches):
     access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
     session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
     account_faults: dict[str, str] | None = None  # account id -> fault on its chats/new and completions
+    require_browser_headers: bool = True  # a completion without Sec-Fetch-*, timezone, ... draws RGV587 (§1.2)
+    candidates: int = 1  # 2: two candidate answers, interleaved (§14; tests.fake_qwen.drift)
+    candidate_order: str = "followed_first"  # whose deltas come first after both created events
+    candidate_untagged: bool = False  # some deltas of candidate 0 carry no response_id
+    rival_answer: str = ""  # what candidate 1 says (empty: drift.RIVAL_ANSWER twice)
+    candidate_rival_fails: bool = False  # candidate 1 ends in a moderation error tagged with its response_id
+    require_waf_cookie: bool = False  # a completion must carry an acw_tc cookie the site set (R1#132)
 
     def __post_init__(self) -> None:
         checks = [
@@ -109,7 +120,7 @@ class Scenario(UploadScenario, MediaOutSwitches):
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
             (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
-        ] + self._check_uploads() + media_out_checks(self)
+        ] + self._check_uploads() + media_out_checks(self) + drift_checks(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -209,6 +220,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self.requests: list[RecordedRequest] = []
         self.chats: dict[str, dict] = {}
         self.invalid_tokens: set[str] = set()
+        self.waf_cookies: set[str] = set()
         self.sessions: dict[str, str] = {}
         self.refresh_tokens: dict[str, str] = {}
         self.accounts: dict[str, str] = {}
@@ -240,6 +252,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             self.requests.clear()
             self.chats.clear()
             self.invalid_tokens.clear()
+            self.waf_cookies.clear()
             self.sessions.clear()
             self.refresh_tokens.clear()
             self.accounts.clear()
@@ -279,6 +292,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         """The WSGI entry point."""
         request = Request(environ)
         response = self._dispatch(request)
+        issue_waf_cookie(request, response, self.waf_cookies)
         return response(environ, start_response)
 
     def _dispatch(self, request: Request) -> Response:
@@ -488,6 +502,10 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         if limit is not None and len(request.get_data(cache=True).decode("utf-8", "replace")) >= limit:
             return json_text_response(x5sec_body(new_request_id()))
         user = self._user(request)
+        if scenario.require_browser_headers and missing_browser_headers(request.headers):
+            return json_text_response(x5sec_body(new_request_id()))
+        if scenario.require_waf_cookie and request.cookies.get(WAF_COOKIE) not in self.waf_cookies:
+            return json_text_response(x5sec_body(new_request_id()))
         if scenario.require_version_header and not request.headers.get("version", "").strip():
             return fail_response("Bad_Request", "RequestValidationError: Header 'version': Field required")
         chat_id = request.args.get("chat_id")
@@ -515,9 +533,13 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         meta = model_meta(model_records(scenario.models), model_id)
         turn = new_turn(scenario, chat["id"], message, features.get("output_schema") == "phase")
         chat_type = message.get("chat_type") or chat["chat_type"]
+        if thinking_off_refused(meta, features):
+            return self._sse(scenario, think_skip_frames(chat["id"], turn.parent_fid))
         thinking_on, search_on = turn_switches(features, meta, chat_type)
         self._record_turn(chat, body, message, turn, model_id, thinking_on, search_on)
-        events = turn_events(turn, thinking_on, search_on)
+        events, candidates = answer_events(scenario, turn, thinking_on, search_on)
+        with self._lock:
+            chat["turns"][-1]["candidates"] = candidates
         return self._sse(scenario, events, stop_keys=(chat["id"], turn.response_id))
 
     def _record_turn(self, chat: dict, body: dict, message: dict, turn: TurnRecord, model_id: str,

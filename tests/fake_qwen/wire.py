@@ -135,7 +135,7 @@ DEFAULT_MODELS: list[dict] = [
         "abilities": {"document": 1, "mcp": 1, "citations": 1, "thinking_budget": 1, "thinking": 1},
         "auto_thinking": True, "auto_search": True, "thinking_format": "summary",
         "chat_type": ["t2t", "search", "artifacts", "web_dev", "deep_research"], "mcp": list(_MCP),
-        "modality": ["text"]}, None),
+        "modality": ["text"], "think_skip": {"enable": False}}, None),  # qwen3.8 refuses thinking off (§14)
     _model("qwen3.5-omni-plus", "Qwen3.5-Omni-Plus", {
         "description": "Qwen3.5-Omni-Plus understands text, images, audio and video...",
         "capabilities": {"vision": True, "document": True, "video": True, "audio": True},
