@@ -123,13 +123,13 @@ def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]
     else:
         message = exc.description or exc.name
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": exc.name.lower().replace(" ", "_")}
-    return jsonify({"error": error}), code, {"x-should-retry": "false"}
+    return jsonify({"error": error}), code, ProxyError(message).headers()
 
 
-def render_unexpected_error(exc: Exception) -> tuple[Response, int]:
+def render_unexpected_error(exc: Exception) -> tuple[Response, int, dict[str, str]]:
     logger.exception("unhandled error on %s %s", request.method, request.path)
     error = ProxyError("Internal error in the proxy; the server log has the details.")
-    return jsonify(error.to_dict()), 500
+    return jsonify(error.to_dict()), 500, error.headers()  # a bug: an SDK's retry would only repeat it
 
 
 # --------------------------------------------------------------------------- entry points
