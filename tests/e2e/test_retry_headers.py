@@ -37,7 +37,7 @@ CHAT = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]
 @dataclass
 class Case:
     setup: Callable[[Any, Any], tuple[Any, Any]]  # (make_proxy, fake) -> (proxy, anything to keep alive)
-    call: str  # chat | image
+    call: str  # chat | stream | image
     status: int
     code: str
     retry_after: Callable[[int], bool]
@@ -46,6 +46,16 @@ class Case:
 
 def _captcha(make_proxy, fake):
     fake.configure(fault="x5sec")
+    return make_proxy(), None
+
+
+def _captcha_in_stream(make_proxy, fake):
+    fake.configure(fault="x5sec_in_stream")
+    return make_proxy(), None
+
+
+def _waf_page(make_proxy, fake):
+    fake.configure(fault="waf_html")
     return make_proxy(), None
 
 
@@ -94,6 +104,8 @@ def _admission_full(make_proxy, fake):
 
 CASES = {
     "captcha": Case(_captcha, "chat", 429, "upstream_challenge", lambda s: s == 120),
+    "captcha_streamed": Case(_captcha_in_stream, "stream", 429, "upstream_challenge", lambda s: s == 120),
+    "waf_page": Case(_waf_page, "chat", 429, "upstream_challenge", lambda s: s == 120),
     "rate_limit_num": Case(_rate_limit, "chat", 429, "upstream_rate_limited", lambda s: s == 3 * 3600),
     "image_quota": Case(_image_quota, "image", 429, "upstream_rate_limited", lambda s: s == 5 * 3600),
     "image_quota_all_spent": Case(_image_quota_spent_everywhere, "image", 429, "all_accounts_quota_spent",
@@ -141,7 +153,9 @@ def _python_sdk(server: Any, call: str) -> Outcome:
         if call == "image":
             client.images.generate(prompt="a fox")
         else:
-            client.chat.completions.create(**CHAT)
+            answer = client.chat.completions.create(**CHAT, stream=call == "stream")
+            if call == "stream":
+                list(answer)
     elapsed, error = time.monotonic() - started, info.value
     return Outcome(elapsed, error.status_code, (error.body or {}).get("code"),
                    error.response.headers.get("Retry-After"), error.response.headers.get("x-should-retry"))

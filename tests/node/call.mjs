@@ -2,7 +2,7 @@
 // and Retry-After), for tests/e2e/test_retry_headers.py. Prints one JSON line: how long the call
 // took, and the status and retry headers of the error it raised.
 //
-//   node call.mjs <base URL> <API key> chat|image
+//   node call.mjs <base URL> <API key> chat|stream|image
 import OpenAI from "openai";
 
 const [baseURL, apiKey, kind] = process.argv.slice(2);
@@ -13,7 +13,9 @@ try {
   if (kind === "image") {
     await client.images.generate({ prompt: "a fox" });
   } else {
-    await client.chat.completions.create({ model: "qwen3.7-plus", messages: [{ role: "user", content: "hi" }] });
+    const body = { model: "qwen3.7-plus", messages: [{ role: "user", content: "hi" }], stream: kind === "stream" };
+    const answer = await client.chat.completions.create(body);
+    if (body.stream) for await (const chunk of answer) void chunk;
   }
   outcome = { raised: false };
 } catch (error) {
