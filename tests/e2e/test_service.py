@@ -325,3 +325,10 @@ def test_python_app_py_serves_on_the_port_it_is_given(tmp_path):
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=15)
     assert process.returncode == 0
+
+
+def test_an_address_not_of_this_machine_names_host_and_port(tmp_path):
+    process = _run_app(8000, tmp_path, HOST="192.0.2.1")  # TEST-NET-1: never a local address
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert err.strip().splitlines() == [err.strip()] and "192.0.2.1:8000" in err and "HOST and PORT" in err
