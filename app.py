@@ -9,8 +9,10 @@ one handler as an OpenAI error object; ``main`` runs the development server and
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
 
 from config import ConfigError, Settings, load_settings
 from errors import ProxyError
@@ -120,13 +123,13 @@ def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]
     else:
         message = exc.description or exc.name
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": exc.name.lower().replace(" ", "_")}
-    return jsonify({"error": error}), code, {"x-should-retry": "false"}
+    return jsonify({"error": error}), code, ProxyError(message).headers()
 
 
-def render_unexpected_error(exc: Exception) -> tuple[Response, int]:
+def render_unexpected_error(exc: Exception) -> tuple[Response, int, dict[str, str]]:
     logger.exception("unhandled error on %s %s", request.method, request.path)
     error = ProxyError("Internal error in the proxy; the server log has the details.")
-    return jsonify(error.to_dict()), 500
+    return jsonify(error.to_dict()), 500, error.headers()  # a bug: an SDK's retry would only repeat it
 
 
 # --------------------------------------------------------------------------- entry points
@@ -159,11 +162,35 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    try:  # before anything starts, so a busy port costs nothing and says what to change
+        listener = listen(settings.HOST, settings.PORT)
+    except OSError as exc:
+        print(listen_error(settings.HOST, settings.PORT, exc), file=sys.stderr)
+        return 1
     configure_logging(settings.DEBUG_MODE)
     application = create_app(settings)
+    with listener:
+        server = make_server(settings.HOST, settings.PORT, application, threaded=True, fd=listener.fileno())
     logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)
-    application.run(host=settings.HOST, port=settings.PORT, threaded=True, debug=False, use_reloader=False)
+    server.serve_forever()  # until Ctrl-C
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The development server's listening socket, bound here so that a failure is ours to explain."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128)
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line that names the setting to change, instead of the server library's advice."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the port is in use by another program (another copy of this "
+                f"service?). Stop it, or set PORT (and HOST, if needed) to a free address.")
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: ports below 1024 need privileges. Set PORT to 1024 or above."
+    return f"cannot listen on {where} ({exc.strerror or exc}). Check HOST and PORT."
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The longest ``Retry-After`` (seconds) with which an SDK may retry at once: the official SDKs sleep
+#: for it, twice by default, so anything longer says ``x-should-retry: false`` and is left to callers
+#: that schedule their work. It is the rule for every answer of ours, kept here in one place.
+QUICK_RETRY_SECONDS = 2
+
 
 class ProxyError(Exception):
     """Base class: a failure with an HTTP status and an OpenAI error body."""
@@ -61,10 +66,19 @@ class ProxyError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        """Headers that tell the ``openai`` SDK whether and when to retry."""
-        headers = {"x-should-retry": "true" if self.retryable else "false"}
-        if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+        """Headers that tell the SDKs whether and when to retry.
+
+        ``x-should-retry: true`` only when an immediate automatic retry can help: the
+        failure is retryable and over within ``QUICK_RETRY_SECONDS``. A challenge, a
+        spent quota or a long cool-down says ``false`` (the official Node SDK would
+        otherwise sleep for any ``Retry-After``, three hours for a spent daily quota),
+        while ``Retry-After`` still tells schedulers the honest time.
+        """
+        retry_after = None if self.retry_after is None else max(1, int(self.retry_after + 0.999))
+        quick = self.retryable and (retry_after is None or retry_after <= QUICK_RETRY_SECONDS)
+        headers = {"x-should-retry": "true" if quick else "false"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         return headers
 
 

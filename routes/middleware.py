@@ -59,7 +59,8 @@ class Admission:
         body = json.dumps(error.to_dict()).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *error.headers().items()]
         if environ.get("HTTP_ORIGIN"):  # flask-cors does not see this answer; browsers must still read it
-            headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+            headers += [("Access-Control-Allow-Origin", "*"),
+                        ("Access-Control-Expose-Headers", "Retry-After, x-should-retry")]
         start_response("429 Too Many Requests", headers)
         return [body]
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -31,8 +30,8 @@ from config import load_settings
 from qwen_client.wire import SSEDecoder
 from tests.fake_qwen import make_jwt
 
-SHARED = Path(os.environ.get("QWEN2OPENAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-FIXTURES = SHARED / "fixtures" / "qwen-web"
+# Copies of the protocol reference's captures, so the suite runs from a bare clone (README there says whence).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "qwen-web"
 
 # Obviously fake credentials: the suite checks that none of them ever reaches a log or a response.
 TOKEN = make_jwt("fake-user-0001")

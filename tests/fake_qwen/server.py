@@ -1,7 +1,8 @@
 """Offline emulator of chat.qwen.ai's private web API, harsh by default: the site's server side.
 
-What this module owns: the behaviour of the site as written down in
-``shared/qwen-web-protocol.md`` and its captured fixtures — who may call what
+What this module owns: the behaviour of the site as written down in the
+protocol reference (``qwen-web-protocol.md``) and its captures (the ones the
+tests read are copied in ``tests/fixtures/``) — who may call what
 (JWT in the ``token`` cookie or a Bearer header, session profile, sign-in), the
 routes and their handlers (models, ``chats/new``, ``chat/completions``, chat
 management), the measured request gates, the chat state, the request log, the
