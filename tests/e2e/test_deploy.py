@@ -188,7 +188,7 @@ def test_sdk_through_the_whole_stack(stack, fake):
 
 
 def test_a_5_mb_request_passes(stack, fake):
-    fake.configure(x5sec_body_chars=None, answer="Read it all.")  # the real site refuses long bodies; not our concern here
+    fake.configure(x5sec_body_bytes=None, answer="Read it all.")  # the real site refuses long bodies; not our concern here
     text = "word " * 1_000_000
     reply = stack.client().chat.completions.create(model="qwen3.7-plus", messages=[{"role": "user", "content": text}])
     assert reply.choices[0].message.content == "Read it all."

@@ -162,14 +162,42 @@ def test_bearer_without_cookie_gets_x5sec(fake: FakeQwen, base: str) -> None:
     assert len(stream_events(post_turn(base, chat_id, turn_body(chat_id), headers(cookie=False)))) > 2
 
 
-def test_oversized_body_gets_x5sec(fake: FakeQwen, base: str) -> None:
+def sized_body(chat_id: str, char: str, size: int) -> bytes:
+    """A turn body of exactly ``size`` bytes of compact UTF-8 (as the browser sends it), padded with ``char``."""
+    def encode(content: str) -> bytes:
+        return json.dumps(turn_body(chat_id, content), ensure_ascii=False, separators=(",", ":")).encode()
+
+    room = size - len(encode(""))
+    unit = len(char.encode())
+    body = encode(char * (room // unit) + "a" * (room % unit))
+    assert len(body) == size
+    return body
+
+
+def post_raw(base: str, chat_id: str, body: bytes) -> requests.Response:
+    return requests.post(f"{base}/api/v2/chat/completions?chat_id={chat_id}", data=body, headers=headers(),
+                         stream=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("char", ["a", "长", "😀"])  # 1, 3 and 4 bytes of UTF-8 per character
+@pytest.mark.parametrize(("size", "refused"), [(127_999, False), (128_000, True), (140_000, True)])
+def test_the_size_captcha_counts_bytes_of_the_body(fake: FakeQwen, base: str, char: str, size: int,
+                                                   refused: bool) -> None:
     chat_id = new_chat(base)
-    resp = post_turn(base, chat_id, turn_body(chat_id, "长" * 62_000))
-    assert resp.headers["Content-Type"] == "application/json"
-    assert resp.json()["ret"][1].startswith("RGV587_ERROR::SM::")
-    fake.configure(x5sec_body_chars=None)
-    resp = post_turn(base, chat_id, turn_body(chat_id, "长" * 62_000))
-    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    resp = post_raw(base, chat_id, sized_body(chat_id, char, size))
+    if refused:
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.json()["ret"][0] == "FAIL_SYS_USER_VALIDATE" and resp.json()["ret"][1].startswith("RGV587_ERROR::SM::")
+    else:
+        assert resp.headers["Content-Type"].startswith("text/event-stream") and len(stream_events(resp)) > 2
+
+
+def test_44000_chinese_characters_draw_the_size_captcha(fake: FakeQwen, base: str) -> None:
+    chat_id = new_chat(base)  # R1#147: 44,000 characters, ≈129 KB of UTF-8, were refused
+    body = json.dumps(turn_body(chat_id, "长" * 44_000), ensure_ascii=False, separators=(",", ":")).encode()
+    assert post_raw(base, chat_id, body).json()["ret"][0] == "FAIL_SYS_USER_VALIDATE"
+    fake.configure(x5sec_body_bytes=None)
+    assert post_raw(base, chat_id, body).headers["Content-Type"].startswith("text/event-stream")
 
 
 @pytest.mark.parametrize("path", ["/api/v2/chats/new", "/api/v2/chat/completions?chat_id=x"])

@@ -94,7 +94,10 @@ class Scenario(UploadScenario, MediaOutSwitches):
     models_v2_available: bool = True
     usage_input_tokens: int = 812
     reply: Callable[[str], str] | None = None
-    x5sec_body_chars: int | None = 62_000  # measured (§11): a body this long draws x5sec; None = off
+    #: The size captcha (§11, §14): a completion body of this many bytes of UTF-8 or more draws x5sec at
+    #: once. The site counts bytes (44,000 CJK characters ≈ 129 KB were refused, R1#147); "about 128 KB"
+    #: is read at its harsher, decimal end. None = off.
+    x5sec_body_bytes: int | None = 128_000
     token_ttl: int = 30 * 86400  # life of tokens the site issues (sign-in, session renewal)
     access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
     session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
@@ -484,8 +487,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         cookie, bearer = credentials_of(request)
         if scenario.require_cookie and bearer and not cookie:
             return json_text_response(x5sec_body(bearer))
-        limit = scenario.x5sec_body_chars
-        if limit is not None and len(request.get_data(cache=True).decode("utf-8", "replace")) >= limit:
+        limit = scenario.x5sec_body_bytes
+        if limit is not None and len(request.get_data(cache=True)) >= limit:
             return json_text_response(x5sec_body(new_request_id()))
         user = self._user(request)
         if scenario.require_version_header and not request.headers.get("version", "").strip():
