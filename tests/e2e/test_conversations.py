@@ -6,6 +6,7 @@ import openai
 import pytest
 import requests
 
+from config import Settings
 from qwen_client import conversations as cv
 from transform.tool_prompts import format_call
 from tests.helpers import TOKEN
@@ -152,7 +153,7 @@ def test_a_300kb_history_is_offloaded_rather_than_challenged(client, fake):
     history.append({"role": "user", "content": "And now the summary, please."})
     assert client.chat.completions.create(model=MODEL, messages=history).choices[0].message.content == "fine"
     [sent] = fake.requests_to(COMPLETIONS)
-    assert len(sent.body.decode("utf-8")) < 62_000
+    assert len(sent.body) <= Settings.MAX_TURN_BYTES
     message = sent.json["messages"][0]
     assert [f["name"] for f in message["files"]] == [cv.CONTEXT_FILE]
     assert message["content"].endswith("And now the summary, please.") and "step 0" not in message["content"]
@@ -163,7 +164,7 @@ def test_a_300kb_history_is_offloaded_rather_than_challenged(client, fake):
 
 def test_a_huge_newest_message_goes_whole_into_the_document(client, fake):
     fake.configure(answer="read it", parse_polls=0)
-    text = "Please review: " + "x" * 70_000
+    text = "Please review: " + "x" * 130_000
     assert client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": text}]).choices[0].message.content == "read it"
     message = fake.requests_to(COMPLETIONS)[-1].json["messages"][0]
@@ -177,7 +178,7 @@ def test_a_huge_tool_result_in_a_continued_chat_is_offloaded_there(client, fake)
     fake.script(format_call("read_file", {}), "It is long.")
     history = []
     call = ask(client, history, "Read it.", tools=[tool]).tool_calls[0]
-    history.append({"role": "tool", "tool_call_id": call.id, "content": "line\n" * 20_000})
+    history.append({"role": "tool", "tool_call_id": call.id, "content": "line\n" * 30_000})
     assert client.chat.completions.create(model=MODEL, messages=history, tools=[tool]).choices[0].message.content == "It is long."
     first, second = turns(fake)
     assert second[0] == first[0] and second[2].startswith("This conversation, up to and including")
@@ -185,14 +186,14 @@ def test_a_huge_tool_result_in_a_continued_chat_is_offloaded_there(client, fake)
 
 
 @pytest.mark.parametrize(("settings", "body", "tried"), [
-    ({"OFFLOAD_CONTEXT": False}, {"messages": [{"role": "user", "content": "x" * 70_000}]}, False),
+    ({"OFFLOAD_CONTEXT": False}, {"messages": [{"role": "user", "content": "x" * 130_000}]}, False),
     ({}, {"messages": [{"role": "user", "content": "hi"}],
-          "tools": [{"type": "function", "function": {"name": "t", "description": "d" * 70_000}}]}, True),
+          "tools": [{"type": "function", "function": {"name": "t", "description": "d" * 130_000}}]}, True),
 ])
 def test_a_turn_that_cannot_fit_is_a_clear_400(make_proxy, fake, settings, body, tried):
     with pytest.raises(openai.BadRequestError) as info:
         make_proxy(**settings).client().chat.completions.create(model=MODEL, **body)
-    assert info.value.code == "context_length_exceeded" and "MAX_TURN_CHARS" in info.value.message
+    assert info.value.code == "context_length_exceeded" and "MAX_TURN_BYTES" in info.value.message
     assert ("even with the conversation in an attached document" in info.value.message) is tried
     assert not fake.requests_to("/api/v2/chats/new") and not fake.requests_to(COMPLETIONS)
 

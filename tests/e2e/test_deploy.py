@@ -111,7 +111,7 @@ class Stack:
                "READ_TIMEOUT": "10", "PING_INTERVAL_SECONDS": str(PING_INTERVAL), "TOKEN_STORE_FILE": "",
                "QWEN_AUTH_URL": upstream.base_url, "QWEN_OSS_ENDPOINT": upstream.base_url,
                # A long message goes inline, so the 5 MB test sees all of it reach the site's completions call.
-               "OFFLOAD_CONTEXT": "false", "MAX_TURN_CHARS": "10000000"}
+               "OFFLOAD_CONTEXT": "false", "MAX_TURN_BYTES": "10000000"}
         # The documented production command, run by this interpreter.
         with self.app_log.open("wb") as log:
             self.gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
