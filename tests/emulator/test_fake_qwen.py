@@ -392,6 +392,17 @@ def test_fault_times_and_endpoint(fake: FakeQwen, base: str) -> None:
     assert requests.post(url, json={"models": [MODEL]}, headers=headers(), timeout=TIMEOUT).status_code == 200
 
 
+@pytest.mark.parametrize("fault", ["http_401", "unauthorized"])
+def test_a_spurious_401_fires_once_and_the_same_token_then_works(fake: FakeQwen, base: str, fault: str) -> None:
+    fake.configure(fault=fault, fault_times=1)
+    chat_id = new_chat(base)
+    refused = post_turn(base, chat_id, turn_body(chat_id))
+    assert refused.status_code == 401 if fault == "http_401" else refused.json()["data"]["code"] == "unauthorized"
+    profile = requests.get(f"{base}/api/v1/auths/", headers=headers(), timeout=TIMEOUT).json()
+    assert profile["id"] == "fake-user-0001" and profile["token"]  # the session still vouches for it
+    assert len(stream_events(post_turn(base, chat_id, turn_body(chat_id)))) > 2
+
+
 def test_stream_faults_in_detail(fake: FakeQwen, base: str) -> None:
     chat_id = new_chat(base)
     fake.configure(fault="error_after_content", answer="a" * 64)
