@@ -186,11 +186,14 @@ class ConversationStore:
 
 
 class ChatJanitor:
-    """Deletes upstream chats by id in a background thread, and sweeps the store while idle.
+    """Deletes upstream chats by id in a background thread, and sweeps expired conversations on a timer.
 
-    The thread starts with the first chat to delete (none at import or for an
-    idle app) and runs as a greenlet under gevent. ``wait_idle`` lets callers
-    (tests, shutdown) wait until every queued deletion is done.
+    ``start()`` (the app factory calls it) starts the thread, a greenlet under
+    gevent like the pool's token refresher; it sweeps every ``interval`` seconds
+    whether or not any traffic comes, so an idle conversation's chat is deleted
+    about ``CHAT_TTL`` after its last turn, as the README promises. ``close()``
+    stops it. ``wait_idle`` lets callers (tests, shutdown) wait until every
+    queued deletion is done.
     """
 
     def __init__(self, client: QwenClient, sweep: Callable[[], None], interval: float = 60.0) -> None:
@@ -199,14 +202,25 @@ class ChatJanitor:
         self._pending = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.deleted = 0
+
+    def start(self) -> None:
+        """Start the background thread (once; a closed janitor stays closed)."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="qwen2openai-janitor", daemon=True)
+                self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._thread is not None and self._thread.is_alive()
 
     def discard(self, identity: Any, chat_id: str) -> None:
         with self._cond:
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="qwen2openai-janitor", daemon=True)
-                self._thread.start()
+        self.start()
         self._queue.put((identity, chat_id))
 
     def wait_idle(self, timeout: float) -> bool:
@@ -215,33 +229,45 @@ class ChatJanitor:
 
     def close(self) -> None:
         with self._cond:
-            thread = self._thread
+            thread, self._closed = self._thread, True
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout=5)
 
     def _run(self) -> None:
+        next_sweep = time.monotonic() + self.interval
         while True:
             try:
-                item = self._queue.get(timeout=self.interval)
+                item = self._queue.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:
-                self._sweep()
-                continue
+                item = ()
             if item is None:
                 return
-            identity, chat_id = item
-            try:
-                self.client.delete_chat(identity, chat_id)
-                self.deleted += 1
-                logger.debug("deleted upstream chat %s of %s", chat_id, identity.label)
-            except ProxyError as exc:
-                logger.info("could not delete upstream chat %s: %s", chat_id, exc.message)
-            finally:
-                if identity.ephemeral:  # a caller's own account: its session was opened just for this
-                    identity.close()
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
+            if time.monotonic() >= next_sweep:  # on time even while deletions keep the queue busy
+                self._tick()
+                next_sweep = time.monotonic() + self.interval
+            if item:
+                self._delete(*item)
+
+    def _tick(self) -> None:
+        try:
+            self._sweep()
+        except Exception:  # the loop must outlive any one bad sweep
+            logger.exception("sweeping expired conversations failed")
+
+    def _delete(self, identity: Any, chat_id: str) -> None:
+        try:
+            self.client.delete_chat(identity, chat_id)
+            self.deleted += 1
+            logger.debug("deleted upstream chat %s of %s", chat_id, identity.label)
+        except ProxyError as exc:
+            logger.info("could not delete upstream chat %s: %s", chat_id, exc.message)
+        finally:
+            if identity.ephemeral:  # a caller's own account: its session was opened just for this
+                identity.close()
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
 
 
 # --------------------------------------------------------------------------- one request's chat
@@ -362,7 +388,7 @@ class Conversations:
     def __init__(self, client: QwenClient, settings: Settings, uploader: Uploader | None = None) -> None:
         self.client, self.settings, self.uploader = client, settings, uploader
         self.store = ConversationStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS, self._dropped)
-        self.janitor = ChatJanitor(client, self.store.sweep)
+        self.janitor = ChatJanitor(client, self.store.sweep, sweep_interval(settings.CHAT_TTL))
 
     def preferred(self, chat: openai_chat.ChatRequest, model: str) -> Callable[[Identity], bool] | None:
         """Which account to prefer for this request: the one holding the conversation it continues."""
@@ -471,8 +497,17 @@ class Conversations:
         if self.settings.DELETE_CHATS:
             self.janitor.discard(thread.identity, thread.chat_id)
 
+    def start_janitor(self) -> None:
+        """Start deleting idle conversations' chats on a timer (the app factory calls this once)."""
+        self.janitor.start()
+
     def close(self) -> None:
         self.janitor.close()
+
+
+def sweep_interval(ttl: float) -> float:
+    """How often idle conversations are looked for: a tenth of ``CHAT_TTL``, at most a minute."""
+    return min(60.0, max(0.05, ttl / 10))
 
 
 def _account(identity: Identity) -> str:

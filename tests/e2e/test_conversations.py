@@ -318,3 +318,25 @@ def test_forget_chat_drops_its_keys_without_deleting():
     store.remember("k2", "a", "chat-1", "r2", None)
     store.forget_chat("chat-1")
     assert len(store) == 0 and dropped == []
+
+
+def test_an_idle_conversation_is_deleted_on_a_timer_without_further_traffic(make_proxy, fake, fake_server):
+    """The README's promise: a chat idle for CHAT_TTL is deleted, even when no later request comes."""
+    mine = browser_chat(fake_server.base_url)
+    fake.configure(answer="kept for a while")
+    proxy = make_proxy(CHAT_TTL=1.0)
+    proxy.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    [(chat_id, _, _)] = turns(fake)
+    assert chat_id in fake.chats, "a conversation that can be continued keeps its chat until it idles out"
+    deleted = fake.wait_request(f"/api/v2/chats/{chat_id}", method="DELETE", timeout=5)
+    assert deleted is not None, "no request came, yet the idle chat must be swept"
+    assert proxy.app.extensions["qwen2openai"].conversations.janitor.wait_idle(5)
+    assert list(fake.chats) == [mine]
+    assert len(fake.requests_to("/v1/chat/completions")) == 0 and len(fake.requests_to(COMPLETIONS)) == 1
+
+
+def test_the_sweeper_starts_with_the_app_and_stops_on_close(make_proxy, fake):
+    janitor = make_proxy(CHAT_TTL=0.5).app.extensions["qwen2openai"].conversations.janitor
+    assert janitor.running, "the factory starts the sweeper"
+    janitor.close()
+    assert not janitor.running

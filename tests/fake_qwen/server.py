@@ -267,6 +267,13 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         with self._lock:
             return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
 
+    def wait_request(self, path: str, method: str | None = None, timeout: float = 5.0) -> RecordedRequest | None:
+        """The first request to ``path`` (with ``method``), waited for up to ``timeout`` seconds."""
+        with self._cond:
+            if self._cond.wait_for(lambda: self.requests_to(path, method), timeout):
+                return self.requests_to(path, method)[0]
+        return None
+
     def wait_streams_closed(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.open_streams == 0, timeout)
@@ -319,8 +326,9 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         entry = RecordedRequest(request.method, request.path, dict(request.args.items()),
                                 HeaderDict(request.headers.items()), dict(request.cookies.items()),
                                 body, parsed)
-        with self._lock:
+        with self._cond:
             self.requests.append(entry)
+            self._cond.notify_all()
 
     def _take_fault(self, scenario: Scenario, kind: str) -> str | None:
         if scenario.fault is None or kind != scenario.fault_endpoint:
