@@ -479,3 +479,17 @@ def test_recorded_requests_and_control_api(fake: FakeQwen, base: str) -> None:
     assert [r["path"] for r in logged] == ["/api/v2/chats/new", "/api/v2/chat/completions"]
     requests.post(f"{base}/__fake__/reset", timeout=TIMEOUT).raise_for_status()
     assert fake.requests == [] and fake.scenario.answer == Scenario().answer
+
+
+@pytest.mark.parametrize("silence", [{"first_token_delay": 30.0}, {"chunk_delay": 30.0}, {"stall_after_events": 2}])
+def test_a_client_that_hangs_up_during_a_silence_ends_the_stream(fake: FakeQwen, base: str, silence: dict) -> None:
+    """The site notices a closed connection while it thinks; a 30 s delay must not hold the stream open."""
+    fake.configure(answer="ab", chunk_chars=1, split_writes=False, **silence)
+    chat_id = new_chat(base)
+    resp = post_turn(base, chat_id, turn_body(chat_id, thinking=False))
+    assert next(resp.iter_content(None)).startswith(b"data: ")
+    assert fake.open_streams == 1
+    started = time.monotonic()
+    resp.close()
+    assert fake.wait_streams_closed(timeout=2), "the stream outlived its client"
+    assert time.monotonic() - started < 1.0

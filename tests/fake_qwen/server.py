@@ -6,7 +6,8 @@ What this module owns: the behaviour of the site as written down in
 routes and their handlers (models, ``chats/new``, ``chat/completions``, chat
 management), the measured request gates, the chat state, the request log, the
 switches (:class:`Scenario`) including when each known failure fires, and the
-streaming pump with its delays, disconnect and stall points. What the bytes look
+streaming pump with its delays, disconnect and stall points (a client that hangs up during a delay or
+stall ends the stream, as the site notices it). What the bytes look
 like (tokens, model objects, envelopes, records, fault bodies, events, SSE
 framing) lives in :mod:`tests.fake_qwen.wire`; its public names (``make_jwt``,
 ``DEFAULT_MODELS``, ``FAULTS``, the constants) are re-exported here.
@@ -27,6 +28,8 @@ import copy
 import json
 import logging
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -198,6 +201,43 @@ class _AbruptDisconnect(ConnectionAbortedError):
     """Raised inside a stream body: werkzeug drops the socket without the terminating chunk."""
 
 
+class _PeerGone(ConnectionAbortedError):
+    """Raised inside a stream body when the client hung up while the site was silent."""
+
+
+#: How often a silent stream looks at its client's socket: the site notices a hang-up while thinking.
+PEER_CHECK_SECONDS = 0.05
+
+
+def _peer_closed(peer: socket.socket | None) -> bool:
+    """The client closed its side: its socket reads as EOF (or fails). Data waiting means it is still there."""
+    if peer is None:
+        return False
+    try:
+        readable, _, _ = select.select([peer], [], [], 0)
+        return bool(readable) and not peer.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return True
+
+
+class _SilentWait:
+    """``release.wait`` for a stream's delays and stalls that also ends the stream when the client hangs up."""
+
+    def __init__(self, release: threading.Event, peer: socket.socket | None) -> None:
+        self.release, self.peer = release, peer
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = PEER_CHECK_SECONDS if deadline is None else min(PEER_CHECK_SECONDS, deadline - time.monotonic())
+            if step <= 0:
+                return False
+            if self.release.wait(step):
+                return True
+            if _peer_closed(self.peer):
+                raise _PeerGone("fake qwen: the client hung up during a silence")
+
+
 
 # ---------------------------------------------------------------- the site
 
@@ -222,6 +262,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self._emails: dict[str, str] = {}
         self._stops: set[str] = set()
         self._release = threading.Event()
+        self._local = threading.local()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
         self._reset_uploads()
         self._init_script()
@@ -287,6 +328,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """The WSGI entry point."""
+        self._local.peer = environ.get("werkzeug.socket")  # streams of this request watch it while silent
         request = Request(environ)
         response = self._dispatch(request)
         return response(environ, start_response)
@@ -554,11 +596,12 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def _sse(self, scenario: Scenario, events: Iterable[Payload], stop_keys: tuple[str, ...] = ()) -> Response:
         """A 200 event-stream whose body honours every framing and timing switch of the scenario."""
-        body = self._stream_body(scenario, events, self._release, stop_keys)
+        waiter = _SilentWait(self._release, getattr(self._local, "peer", None))
+        body = self._stream_body(scenario, events, waiter, stop_keys)
         return Response(body, status=200, content_type=SSE_CONTENT_TYPE, direct_passthrough=True,
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def _stream_body(self, scenario: Scenario, events: Iterable[Payload], release: threading.Event,
+    def _stream_body(self, scenario: Scenario, events: Iterable[Payload], release: _SilentWait,
                      stop_keys: tuple[str, ...]) -> Iterator[bytes]:
         with self._cond:
             self.open_streams += 1
@@ -569,7 +612,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
                 self.open_streams -= 1
                 self._cond.notify_all()
 
-    def _pump(self, scenario: Scenario, events: Iterable[Payload], release: threading.Event,
+    def _pump(self, scenario: Scenario, events: Iterable[Payload], release: _SilentWait,
               stop_keys: tuple[str, ...]) -> Iterator[bytes]:
         """Writes the events; disconnect/stall limits count data events (created included)."""
         out = StreamWriter(scenario)
@@ -597,8 +640,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         if scenario.send_done:
             yield "[DONE]"
 
-    def _stall(self, release: threading.Event) -> None:
-        """Holds the connection open, interruptibly, until reset()/close()/release_stalls()."""
+    def _stall(self, release: _SilentWait) -> None:
+        """Holds the connection open, interruptibly, until reset()/close()/release_stalls() or a hang-up."""
         with self._cond:
             self.stalled_streams += 1
             self._cond.notify_all()
