@@ -91,6 +91,10 @@ class QwenClient:
         self.settings = settings
         #: The largest turn body sent (§11, §14); ``Conversations`` fits turns under it, this client enforces it.
         self.turn_limit = TurnLimit(settings.MAX_TURN_BYTES, settings.MAX_TURN_CHARS)
+        if settings.MAX_TURN_BYTES >= SIZE_CAPTCHA_BYTES:
+            logger.warning("MAX_TURN_BYTES=%d is at or above the site's size captcha (~%d bytes): long turns "
+                           "will be refused by the site instead of sent as a document", settings.MAX_TURN_BYTES,
+                           SIZE_CAPTCHA_BYTES)
         # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
         self.oss_session = new_session(16)
 
