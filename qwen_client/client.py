@@ -245,9 +245,7 @@ class QwenClient:
         A body over ``turn_limit`` is refused here, before it is sent: the site would
         answer it with its size captcha (§11, §14).
         """
-        body = encode_body(payload)
-        if not self.turn_limit.fits(body):
-            raise self.turn_limit.refusal(body)
+        body = self.encode_turn(payload)
 
         def post() -> requests.Response:
             return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
@@ -255,6 +253,13 @@ class QwenClient:
 
         return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS,
                             explain=self._own_refusal(len(body)))
+
+    def encode_turn(self, payload: Mapping[str, Any]) -> bytes:
+        """A completion body as sent (compact UTF-8 JSON), refused when over ``turn_limit`` (§11, §14)."""
+        body = encode_body(payload)
+        if not self.turn_limit.fits(body):
+            raise self.turn_limit.refusal(body)
+        return body
 
     def _own_refusal(self, size: int) -> Callable[[Exception], Exception] | None:
         """How to read a captcha on a body over the site's size rule: as our own 400, never the account's fault.

@@ -93,3 +93,28 @@ def test_the_deprecated_character_cap_still_offloads(make_proxy, fake):
     proxy.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 6_000}])
     [sent] = fake.requests_to(COMPLETIONS)
     assert [f["name"] for f in sent.json["messages"][0]["files"]] == [cv.CONTEXT_FILE]
+
+
+# ----------------------------------------------------------------- generation turns are bodies too
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks its videos API so
+def test_a_chinese_video_prompt_goes_as_the_browser_sends_it(client, fake):
+    """The video submission (stream: false) was sent \\u-escaped: 6 bytes per CJK character instead of 3."""
+    prompt = "黄昏时分的海浪" * 100
+    client.videos.create(prompt=prompt, size="720x1280", seconds="4")
+    [sent] = fake.requests_to(COMPLETIONS)
+    assert prompt.encode() in sent.body and b"\\u" not in sent.body
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_a_prompt_over_the_size_rule_is_a_400_and_never_a_captcha(client, fake, kind):
+    prompt = "长" * 44_000
+    with pytest.raises(openai.BadRequestError) as info:
+        if kind == "image":
+            client.images.generate(prompt=prompt)
+        else:
+            client.videos.create(prompt=prompt, size="720x1280", seconds="4")
+    assert info.value.code == "context_length_exceeded" and "MAX_TURN_BYTES" in info.value.message
+    assert not fake.requests_to(COMPLETIONS) and not fake.requests_to("/api/v2/chats/new"), "refused before any call"
