@@ -30,10 +30,9 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from errors import ChatNotFound, InvalidRequest, ProxyError, UpstreamError
-from transform import media_parts, openai_chat, tool_prompts
-
+from errors import ChatNotFound, ProxyError, UpstreamError
 from qwen_client.wire import TurnLimit, encode_body
+from transform import media_parts, openai_chat, tool_prompts
 
 if TYPE_CHECKING:
     from config import Settings
@@ -247,7 +246,10 @@ class ChatJanitor:
                 self._tick()
                 next_sweep = time.monotonic() + self.interval
             if item:
-                self._delete(*item)
+                try:
+                    self._delete(*item)
+                except Exception:  # the loop must outlive any one bad deletion
+                    logger.exception("deleting an upstream chat failed")
 
     def _tick(self) -> None:
         try:
@@ -304,12 +306,8 @@ class UpstreamChat:
     def payload(
         self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
     ) -> dict[str, Any]:
-        """The turn's body, refused before sending when the site would answer it with a captcha (§11)."""
-        payload = self._build(content, parent_id, files)
-        body = encode_body(payload)
-        if not self.limit.fits(body):
-            raise self.limit.refusal(body)
-        return payload
+        """The turn's body; ``QwenClient`` refuses it before sending if it is over the size rule (§11, §14)."""
+        return self._build(content, parent_id, files)
 
     def post(
         self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
