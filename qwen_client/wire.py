@@ -323,7 +323,7 @@ class TurnLimit:
 
 
 def size_captcha(body_size: int, limit: TurnLimit) -> InvalidRequest:
-    """The site's captcha on a body we should not have sent (it is over the size rule): our refusal, not the account's."""
+    """The site's captcha on a body over its size rule, which we should not have sent: our refusal, not the account's."""
     return InvalidRequest(
         f"The Qwen site refused a turn of {body_size:,} bytes with its size captcha (about "
         f"{SIZE_CAPTCHA_BYTES // 1000} KB is the limit). Set MAX_TURN_BYTES below {SIZE_CAPTCHA_BYTES:,} "

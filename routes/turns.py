@@ -142,11 +142,12 @@ class Turn:
 
     def _answer(self) -> Iterator[list[dict] | None]:
         """Chunks of the current upstream answer, the events that arrived together in one batch."""
-        feed, deadline = self.translator.feed, self._deadline()
+        feed, deadline, look = self.translator.feed, self._deadline(), self._next_look()
         while not self.translator.finished:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._gone is not None:  # a silent site writes nothing that would show a hang-up: look
-                wait = hangup.CHECK_SECONDS if wait is None else min(wait, hangup.CHECK_SECONDS)
+            if look is not None:  # a silent site writes nothing that would show a hang-up: look at the client
+                until_look = max(0.0, look - time.monotonic())
+                wait = until_look if wait is None else min(wait, until_look)
             events = self._events.get(wait)
             if events == []:  # the end; None is a wait that timed out
                 return
@@ -156,13 +157,19 @@ class Turn:
                 if self.translator.finished:
                     break
             if chunks:
-                yield chunks
-                deadline = self._deadline()
-            elif events is None and self._gone is not None and self._gone():
-                raise ClientGone("The client closed the connection before the answer was complete.")
-            elif deadline is not None and time.monotonic() >= deadline:
+                yield chunks  # a write: it tells whether the client is still there
+                deadline, look = self._deadline(), self._next_look()
+                continue
+            if look is not None and time.monotonic() >= look:
+                if self._gone is not None and self._gone():
+                    raise ClientGone("The client closed the connection before the answer was complete.")
+                look = self._next_look()
+            if deadline is not None and time.monotonic() >= deadline:
                 yield None
                 deadline = self._deadline()
+
+    def _next_look(self) -> float | None:
+        return None if self._gone is None else time.monotonic() + hangup.CHECK_SECONDS
 
     def _deadline(self) -> float | None:
         return None if self._heartbeat is None else time.monotonic() + self._heartbeat

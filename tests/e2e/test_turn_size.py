@@ -74,7 +74,8 @@ def test_a_size_captcha_on_a_body_we_should_not_have_sent_is_ours_not_the_accoun
     assert len(fake.requests_to(COMPLETIONS)[-1].body) >= SIZE_CAPTCHA_BYTES  # it was sent, and refused
     health = account(proxy)
     assert (health["state"], health["failed"], health["last_error"]) == ("healthy", 0, None)
-    assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "ok"
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "ok"
 
 
 def test_a_captcha_on_a_body_under_the_guard_is_a_real_challenge(make_proxy, fake):
