@@ -324,11 +324,11 @@ def test_an_idle_conversation_is_deleted_on_a_timer_without_further_traffic(make
     """The README's promise: a chat idle for CHAT_TTL is deleted, even when no later request comes."""
     mine = browser_chat(fake_server.base_url)
     fake.configure(answer="kept for a while")
-    proxy = make_proxy(CHAT_TTL=1.0)
+    proxy = make_proxy(CHAT_TTL=2.0)
     proxy.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     [(chat_id, _, _)] = turns(fake)
     assert chat_id in fake.chats, "a conversation that can be continued keeps its chat until it idles out"
-    deleted = fake.wait_request(f"/api/v2/chats/{chat_id}", method="DELETE", timeout=5)
+    deleted = fake.wait_request(f"/api/v2/chats/{chat_id}", method="DELETE", timeout=8)
     assert deleted is not None, "no request came, yet the idle chat must be swept"
     assert proxy.app.extensions["qwen2openai"].conversations.janitor.wait_idle(5)
     assert list(fake.chats) == [mine]
