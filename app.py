@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
     if settings.AUTO_REFRESH_TOKEN:
         pool.start_refresher(settings.TOKEN_REFRESH_CHECK_SECONDS)
+    chats.start_janitor()  # deletes idle conversations' chats after CHAT_TTL, traffic or not
     return app
 
 

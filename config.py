@@ -105,8 +105,11 @@ class Settings:
     MAX_CONVERSATIONS: int = 1000
     #: Delete the upstream chats this proxy created once they are no longer needed.
     DELETE_CHATS: bool = True
-    #: Largest turn body sent to the site, in characters; above ~62,000 it answers with a captcha (§11).
-    MAX_TURN_CHARS: int = 60000
+    #: Largest turn body sent to the site, in bytes of UTF-8 as sent: the site answers bodies of about
+    #: 128 KB with a captcha (§11, §14); 112 KiB leaves a margin. Longer context goes as a document.
+    MAX_TURN_BYTES: int = 114_688
+    #: Deprecated (the site counts bytes, not characters): an extra cap in characters; 0 = off.
+    MAX_TURN_CHARS: int = 0
     #: Send context that would make a turn too long as an uploaded text document instead (§7.3).
     OFFLOAD_CONTEXT: bool = True
     #: Hosts generated images and videos may be downloaded from, besides QWEN_BASE_URL's (§1.1).
@@ -260,7 +263,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "CHAT_TTL": _positive(float),
     "MAX_CONVERSATIONS": _positive(int),
     "DELETE_CHATS": _parse_bool,
-    "MAX_TURN_CHARS": _positive(int),
+    "MAX_TURN_BYTES": _positive(int),
+    "MAX_TURN_CHARS": _non_negative,
     "OFFLOAD_CONTEXT": _parse_bool,
     "MEDIA_HOSTS": _hosts,
     "MEDIA_MAX_MB": _positive(float),
@@ -326,6 +330,9 @@ def load_settings(
             raise ConfigError(f"{key}: {exc} (got {_describe(value)})") from None
     values.setdefault("UPSTREAM_POOL_SIZE", values.get("MAX_CONCURRENT_REQUESTS", Settings.MAX_CONCURRENT_REQUESTS))
     settings = Settings(**values)
+    if settings.MAX_TURN_CHARS:
+        logger.warning("MAX_TURN_CHARS is deprecated: the site's size rule counts bytes; set MAX_TURN_BYTES "
+                       "(default %d) instead", Settings.MAX_TURN_BYTES)
     cookies = settings.COOKIE + read_cookie_file(settings.COOKIE_FILE)
     return dataclasses.replace(settings, COOKIE=tuple(dict.fromkeys(cookies)))
 

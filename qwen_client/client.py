@@ -28,6 +28,7 @@ from errors import (
     EmptyResponse,
     InvalidRequest,
     ProxyError,
+    RateLimited,
     ServiceUnavailable,
     UpstreamAuthError,
     UpstreamBroken,
@@ -40,8 +41,10 @@ from qwen_client.wire import (
     DONE,
     Candidates,
     MAX_ERROR_BODY,
+    SIZE_CAPTCHA_BYTES,
     SSEDecoder,
     StsGrant,
+    TurnLimit,
     decode_event,
     encode_body,
     error_for_body,
@@ -49,6 +52,7 @@ from qwen_client.wire import (
     oss_error,
     parse_grant,
     shorten,
+    size_captcha,
 )
 from transform.openai_chat import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
 
@@ -95,6 +99,12 @@ class QwenClient:
         self.base_url = settings.QWEN_BASE_URL
         self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
         self.settings = settings
+        #: The largest turn body sent (§11, §14); ``Conversations`` fits turns under it, this client enforces it.
+        self.turn_limit = TurnLimit(settings.MAX_TURN_BYTES, settings.MAX_TURN_CHARS)
+        if settings.MAX_TURN_BYTES >= SIZE_CAPTCHA_BYTES:
+            logger.warning("MAX_TURN_BYTES=%d is at or above the site's size captcha (~%d bytes): long turns "
+                           "will be refused by the site instead of sent as a document", settings.MAX_TURN_BYTES,
+                           SIZE_CAPTCHA_BYTES)
         # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
         self.oss_session = new_session(16)
 
@@ -250,12 +260,35 @@ class QwenClient:
 
         The request is made by the stream's reader thread, so even the wait for the
         site's first byte happens where the caller can send keep-alives meanwhile.
+        A body over ``turn_limit`` is refused here, before it is sent: the site would
+        answer it with its size captcha (§11, §14).
         """
+        body = self.encode_turn(payload)
+
         def post() -> requests.Response:
             return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-                                 data=encode_body(payload), stream=True, referer=f"/c/{chat_id}")
+                                 data=body, stream=True, referer=f"/c/{chat_id}")
 
-        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS)
+        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS,
+                            explain=self._own_refusal(len(body)))
+
+    def encode_turn(self, payload: Mapping[str, Any]) -> bytes:
+        """A completion body as sent (compact UTF-8 JSON), refused when over ``turn_limit`` (§11, §14)."""
+        body = encode_body(payload)
+        if not self.turn_limit.fits(body):
+            raise self.turn_limit.refusal(body)
+        return body
+
+    def _own_refusal(self, size: int) -> Callable[[Exception], Exception] | None:
+        """How to read a captcha on a body over the site's size rule: as our own 400, never the account's fault.
+
+        Only ``MAX_TURN_BYTES`` set above the rule lets such a body out; a captcha
+        on a body under it is a real challenge of the account.
+        """
+        if size < SIZE_CAPTCHA_BYTES:
+            return None
+        limit = self.turn_limit
+        return lambda exc: size_captcha(size, limit) if is_challenge(exc) else exc
 
     # -- uploads (§7) ---------------------------------------------------
 
@@ -356,6 +389,7 @@ class AnswerStream:
     def __init__(
         self, post: Callable[[], requests.Response] | None = None, label: str = "", *,
         events: Iterator[dict] | None = None, first_wait: float | None = None,
+        explain: Callable[[Exception], Exception] | None = None,
     ) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
         self._response: requests.Response | None = None
@@ -368,6 +402,8 @@ class AnswerStream:
         self._buffer: collections.deque[dict] = collections.deque()  # what iteration has yet to hand out
         #: How long :meth:`peek` waits for the first events by default.
         self.first_wait = first_wait
+        #: What the error that ended the answer means for this request (see ``QwenClient._own_refusal``).
+        self._explain = explain
         target, source = (self._read, post) if post is not None else (self._pump, events)
         threading.Thread(target=target, args=(source,), name=f"answer {label}", daemon=True).start()
 
@@ -452,7 +488,7 @@ class AnswerStream:
                 return events
         if self._end is _END:
             return []
-        raise self._end
+        raise self._end if self._explain is None else self._explain(self._end)
 
     def _decode(self, payloads: list[bytes]) -> list[dict]:
         events = []
@@ -525,6 +561,11 @@ def _read_bounded(resp: requests.Response, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(parts)
+
+
+def is_challenge(exc: BaseException) -> bool:
+    """An x5sec captcha or WAF page (§1.4): what the pool cools an account down for."""
+    return isinstance(exc, RateLimited) and exc.code == "upstream_challenge"
 
 
 def transport_error(exc: requests.RequestException) -> ProxyError:

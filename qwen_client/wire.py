@@ -288,6 +288,50 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+#: The site's size rule (§11, §14): a completion body of about 128 KB of UTF-8 draws the x5sec captcha at
+#: once (44,000 CJK characters, ~129 KB, were refused). Read at its harsher, decimal end.
+SIZE_CAPTCHA_BYTES = 128_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnLimit:
+    """The largest turn body the proxy sends: bytes of the body exactly as ``encode_body`` makes it.
+
+    ``max_chars`` is the older character cap (``MAX_TURN_CHARS``), kept for configs
+    that set it; 0 turns it off. A character of CJK text is 3 bytes and an emoji 4,
+    so only the byte count follows the site's rule.
+    """
+
+    max_bytes: int
+    max_chars: int = 0
+
+    def fits(self, body: bytes) -> bool:
+        return len(body) <= self.max_bytes and not (self.max_chars and len(body.decode()) > self.max_chars)
+
+    def refusal(self, body: bytes, tried: str = "") -> InvalidRequest:
+        """The 400 for a turn that does not fit (``tried`` says what was tried to make it fit)."""
+        if len(body) > self.max_bytes:
+            size = f"{len(body):,} bytes of UTF-8, above MAX_TURN_BYTES ({self.max_bytes:,})"
+        else:
+            size = f"{len(body.decode()):,} characters, above MAX_TURN_CHARS ({self.max_chars:,})"
+        return InvalidRequest(
+            f"This conversation is too long for the Qwen site: the turn would be {size}; the site answers "
+            f"bodies of about {SIZE_CAPTCHA_BYTES // 1000} KB with a captcha{tried}. Shorten or summarise the "
+            "history, or start a new conversation.",
+            param="messages", code="context_length_exceeded",
+        )
+
+
+def size_captcha(body_size: int, limit: TurnLimit) -> InvalidRequest:
+    """The site's captcha on a body over its size rule, which we should not have sent: our refusal, not the account's."""
+    return InvalidRequest(
+        f"The Qwen site refused a turn of {body_size:,} bytes with its size captcha (about "
+        f"{SIZE_CAPTCHA_BYTES // 1000} KB is the limit). Set MAX_TURN_BYTES below {SIZE_CAPTCHA_BYTES:,} "
+        f"(now {limit.max_bytes:,}) so long context is sent as a document, or shorten the conversation.",
+        param="messages", code="context_length_exceeded",
+    )
+
+
 class Candidates:
     """Which candidate answer a stream follows when the site streams two (§14): the first created.
 

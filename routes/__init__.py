@@ -6,6 +6,7 @@
 - ``images_videos``: ``/v1/images/generations``, ``/v1/images/edits``,
   ``/v1/videos`` and the ``-image``/``-video`` chat models.
 - ``turns``: the life of one turn (account, uploads, upstream answer) and its SSE.
+- ``hangup``: noticing a client that hung up while the site is silent (a look at its socket).
 - ``middleware``: ``Admission``, the cap on requests at once, and the body that gives its place back.
 - ``fetch``: ``RemoteFetcher``, fetching the URLs clients send, guarded against this server's own network.
 

@@ -164,6 +164,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
                     include_usage: bool = False, wait: float | None = None) -> Turn:
     """Start an image turn (§8.1, §8.2) like ``turns.open_turn`` starts a chat turn, failover included."""
     gw = st.gw
+    check_prompt_size(gw, choice.upstream.id, choice.kind, prompt, ratio)
 
     def start(account: Identity) -> Turn:
         files = attach(gw, account, inputs)
@@ -184,6 +185,14 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
     else:  # the pool learns quota answers here: they pause image turns on the account, not chat
         turn.on_close = lambda error: gw.pool.release(account, error, IMAGE_QUOTA)
     return turn
+
+
+def check_prompt_size(gw: Gateway, model: str, kind: str, prompt: str, ratio: str | None) -> None:
+    """Refuse a prompt the site's size rule would answer with a captcha (§11, §14) before any upstream call."""
+    placeholder = str(uuid.UUID(int=0))  # as long as the chat id and fid the real body carries
+    gw.client.encode_turn(generation.generation_payload(
+        kind=kind, model=model, chat_id=placeholder, prompt=prompt, ratio=ratio, files=[], fid=placeholder,
+        timestamp=int(time.time())))
 
 
 def on_account(
@@ -307,6 +316,7 @@ def submit_video(st: Studio, choice: generation.GenerationChoice, prompt: str, r
     kind = "i2v" if frames else "t2v"
     # Without a size the first frame decides an i2v clip's shape; a t2v clip gets the web app's 16:9.
     ratio = ratio or (None if frames else "16:9")
+    check_prompt_size(gw, choice.upstream.id, kind, prompt, ratio)
 
     def start(account: Identity) -> str:
         files = attach(gw, account, frames)

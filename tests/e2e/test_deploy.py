@@ -102,7 +102,7 @@ http {{
 class Stack:
     """nginx → gunicorn (gevent) → app, against the session's emulator."""
 
-    def __init__(self, upstream: FakeQwenServer, tmp: Path) -> None:
+    def __init__(self, upstream: FakeQwenServer, tmp: Path, **settings: str) -> None:
         self.tmp, self.app_port, self.port = tmp, _free_port(), _free_port()
         self.url, self.app_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.app_port}"
         self.app_log = tmp / "gunicorn.log"
@@ -111,7 +111,7 @@ class Stack:
                "READ_TIMEOUT": "10", "PING_INTERVAL_SECONDS": str(PING_INTERVAL), "TOKEN_STORE_FILE": "",
                "QWEN_AUTH_URL": upstream.base_url, "QWEN_OSS_ENDPOINT": upstream.base_url,
                # A long message goes inline, so the 5 MB test sees all of it reach the site's completions call.
-               "OFFLOAD_CONTEXT": "false", "MAX_TURN_CHARS": "10000000"}
+               "OFFLOAD_CONTEXT": "false", "MAX_TURN_BYTES": "10000000", **settings}
         # The documented production command, run by this interpreter.
         with self.app_log.open("wb") as log:
             self.gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
@@ -188,7 +188,7 @@ def test_sdk_through_the_whole_stack(stack, fake):
 
 
 def test_a_5_mb_request_passes(stack, fake):
-    fake.configure(x5sec_body_chars=None, answer="Read it all.")  # the real site refuses long bodies; not our concern here
+    fake.configure(x5sec_body_bytes=None, answer="Read it all.")  # the real site refuses long bodies; not our concern here
     text = "word " * 1_000_000
     reply = stack.client().chat.completions.create(model="qwen3.7-plus", messages=[{"role": "user", "content": text}])
     assert reply.choices[0].message.content == "Read it all."
@@ -203,6 +203,25 @@ def test_client_hang_up_reaches_the_site(stack, fake):
     assert fake.open_streams == 1
     resp.close()
     assert fake.wait_streams_closed(timeout=5), "the hang-up went through nginx, gunicorn and the app to the site"
+
+
+def test_a_hang_up_while_the_site_is_silent_reaches_it_within_two_seconds_under_gevent(fake_server, fake, tmp_path):
+    """Default 15 s pings, so only the proxy's look at its client's socket can notice in time (gevent, nginx)."""
+    tmp_path.chmod(0o755)
+    quiet = Stack(fake_server, tmp_path, PING_INTERVAL_SECONDS="15").start()
+    try:
+        for url in (quiet.url, quiet.app_url):  # through nginx, and gunicorn alone
+            assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
+            fake.configure(answer="ab", chunk_chars=1, chunk_delay=30.0)  # "a", then 30 s of silence
+            resp, chunks = _open(url)
+            _read_until(chunks, b'"a"')
+            assert fake.open_streams == 1
+            resp.close()
+            gave_up = time.monotonic()
+            assert fake.wait_streams_closed(timeout=3), f"{url}: the site still streams to a client that left"
+            assert time.monotonic() - gave_up < 2.5
+    finally:
+        quiet.stop()
 
 
 def test_access_log_keeps_secrets_out(stack, fake):

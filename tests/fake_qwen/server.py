@@ -7,7 +7,8 @@ tests read are copied in ``tests/fixtures/``) — who may call what
 routes and their handlers (models, ``chats/new``, ``chat/completions``, chat
 management), the measured request gates, the chat state, the request log, the
 switches (:class:`Scenario`) including when each known failure fires, and the
-streaming pump with its delays, disconnect and stall points. What the bytes look
+streaming pump with its delays, disconnect and stall points (a client that hangs up during a delay or
+stall ends the stream, as the site notices it). What the bytes look
 like (tokens, model objects, envelopes, records, fault bodies, events, SSE
 framing) lives in :mod:`tests.fake_qwen.wire`; its public names (``make_jwt``,
 ``DEFAULT_MODELS``, ``FAULTS``, the constants) are re-exported here.
@@ -28,6 +29,8 @@ import copy
 import json
 import logging
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -99,7 +102,10 @@ class Scenario(UploadScenario, MediaOutSwitches):
     models_v2_available: bool = True
     usage_input_tokens: int = 812
     reply: Callable[[str], str] | None = None
-    x5sec_body_chars: int | None = 62_000  # measured (§11): a body this long draws x5sec; None = off
+    #: The size captcha (§11, §14): a completion body of this many bytes of UTF-8 or more draws x5sec at
+    #: once. The site counts bytes (44,000 CJK characters ≈ 129 KB were refused, R1#147); "about 128 KB"
+    #: is read at its harsher, decimal end. None = off.
+    x5sec_body_bytes: int | None = 128_000
     token_ttl: int = 30 * 86400  # life of tokens the site issues (sign-in, session renewal)
     access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
     session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
@@ -207,6 +213,43 @@ class _AbruptDisconnect(ConnectionAbortedError):
     """Raised inside a stream body: werkzeug drops the socket without the terminating chunk."""
 
 
+class _PeerGone(ConnectionAbortedError):
+    """Raised inside a stream body when the client hung up while the site was silent."""
+
+
+#: How often a silent stream looks at its client's socket: the site notices a hang-up while thinking.
+PEER_CHECK_SECONDS = 0.05
+
+
+def _peer_closed(peer: socket.socket | None) -> bool:
+    """The client closed its side: its socket reads as EOF (or fails). Data waiting means it is still there."""
+    if peer is None:
+        return False
+    try:
+        readable, _, _ = select.select([peer], [], [], 0)
+        return bool(readable) and not peer.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return True
+
+
+class _SilentWait:
+    """``release.wait`` for a stream's delays and stalls that also ends the stream when the client hangs up."""
+
+    def __init__(self, release: threading.Event, peer: socket.socket | None) -> None:
+        self.release, self.peer = release, peer
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = PEER_CHECK_SECONDS if deadline is None else min(PEER_CHECK_SECONDS, deadline - time.monotonic())
+            if step <= 0:
+                return False
+            if self.release.wait(step):
+                return True
+            if _peer_closed(self.peer):
+                raise _PeerGone("fake qwen: the client hung up during a silence")
+
+
 
 # ---------------------------------------------------------------- the site
 
@@ -232,6 +275,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self._emails: dict[str, str] = {}
         self._stops: set[str] = set()
         self._release = threading.Event()
+        self._local = threading.local()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
         self._reset_uploads()
         self._init_script()
@@ -278,6 +322,13 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         with self._lock:
             return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
 
+    def wait_request(self, path: str, method: str | None = None, timeout: float = 5.0) -> RecordedRequest | None:
+        """The first request to ``path`` (with ``method``), waited for up to ``timeout`` seconds."""
+        with self._cond:
+            if self._cond.wait_for(lambda: self.requests_to(path, method), timeout):
+                return self.requests_to(path, method)[0]
+        return None
+
     def wait_streams_closed(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.open_streams == 0, timeout)
@@ -291,6 +342,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """The WSGI entry point."""
+        self._local.peer = environ.get("werkzeug.socket")  # streams of this request watch it while silent
         request = Request(environ)
         response = self._dispatch(request)
         issue_waf_cookie(request, response, self.waf_cookies)
@@ -331,8 +383,9 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         entry = RecordedRequest(request.method, request.path, dict(request.args.items()),
                                 HeaderDict(request.headers.items()), dict(request.cookies.items()),
                                 body, parsed)
-        with self._lock:
+        with self._cond:
             self.requests.append(entry)
+            self._cond.notify_all()
 
     def _take_fault(self, scenario: Scenario, kind: str) -> str | None:
         if scenario.fault is None or kind != scenario.fault_endpoint:
@@ -499,8 +552,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         cookie, bearer = credentials_of(request)
         if scenario.require_cookie and bearer and not cookie:
             return json_text_response(x5sec_body(bearer))
-        limit = scenario.x5sec_body_chars
-        if limit is not None and len(request.get_data(cache=True).decode("utf-8", "replace")) >= limit:
+        limit = scenario.x5sec_body_bytes
+        if limit is not None and len(request.get_data(cache=True)) >= limit:
             return json_text_response(x5sec_body(new_request_id()))
         user = self._user(request)
         if scenario.require_browser_headers and missing_browser_headers(request.headers):
@@ -566,11 +619,12 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def _sse(self, scenario: Scenario, events: Iterable[Payload], stop_keys: tuple[str, ...] = ()) -> Response:
         """A 200 event-stream whose body honours every framing and timing switch of the scenario."""
-        body = self._stream_body(scenario, events, self._release, stop_keys)
+        waiter = _SilentWait(self._release, getattr(self._local, "peer", None))
+        body = self._stream_body(scenario, events, waiter, stop_keys)
         return Response(body, status=200, content_type=SSE_CONTENT_TYPE, direct_passthrough=True,
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def _stream_body(self, scenario: Scenario, events: Iterable[Payload], release: threading.Event,
+    def _stream_body(self, scenario: Scenario, events: Iterable[Payload], release: _SilentWait,
                      stop_keys: tuple[str, ...]) -> Iterator[bytes]:
         with self._cond:
             self.open_streams += 1
@@ -581,7 +635,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
                 self.open_streams -= 1
                 self._cond.notify_all()
 
-    def _pump(self, scenario: Scenario, events: Iterable[Payload], release: threading.Event,
+    def _pump(self, scenario: Scenario, events: Iterable[Payload], release: _SilentWait,
               stop_keys: tuple[str, ...]) -> Iterator[bytes]:
         """Writes the events; disconnect/stall limits count data events (created included)."""
         out = StreamWriter(scenario)
@@ -609,8 +663,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         if scenario.send_done:
             yield "[DONE]"
 
-    def _stall(self, release: threading.Event) -> None:
-        """Holds the connection open, interruptibly, until reset()/close()/release_stalls()."""
+    def _stall(self, release: _SilentWait) -> None:
+        """Holds the connection open, interruptibly, until reset()/close()/release_stalls() or a hang-up."""
         with self._cond:
             self.stalled_streams += 1
             self._cond.notify_all()

@@ -20,7 +20,6 @@ import base64
 import copy
 import hashlib
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -533,8 +532,8 @@ class StreamWriter:
         if self.pending:
             yield self.take()
 
-    def gap(self, previous: Payload, release: threading.Event) -> Iterator[bytes]:
-        """What happens between two events: the delay (interruptible), then a keep-alive comment."""
+    def gap(self, previous: Payload, release: Any) -> Iterator[bytes]:
+        """What happens between two events: the delay (interruptible: ``release.wait``), then a keep-alive comment."""
         sc = self.scenario
         delay = sc.first_token_delay if _is_created(previous) else sc.chunk_delay
         if delay > 0:
