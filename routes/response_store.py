@@ -26,6 +26,11 @@ class StoredResponse:
     response: dict[str, Any]
     history: tuple[tuple[str, str], ...]
 
+    def call_names(self) -> dict[str, str]:
+        """``call_id`` → function name of the calls this response made."""
+        return {str(item.get("call_id")): str(item.get("name", "")) for item in self.response.get("output", ())
+                if item.get("type") == "function_call"}
+
     @property
     def size(self) -> int:
         """Characters held, roughly: what the store's budget counts."""

@@ -39,7 +39,9 @@ def create_response() -> Response:
     identity = authenticate()
     gw = gateway()
     body = json_body()
-    request = openai_responses.parse_responses_request(body, _previous_history(gw, body))
+    previous = _previous(gw, body)
+    request = openai_responses.parse_responses_request(
+        body, previous.history if previous else (), previous.call_names() if previous else None)
     chat = request.chat
     if generation.generation_kind(chat.model):
         raise InvalidRequest(f"'{chat.model}' makes images or videos; use /v1/images/generations, /v1/videos or "
@@ -99,18 +101,18 @@ def _not_found(response_id: str) -> NotFound:
                     code="response_not_found")
 
 
-def _previous_history(gw: Gateway, body: Any) -> tuple[tuple[str, str], ...]:
-    """The conversation ``previous_response_id`` ends; a 400 that says so when it is not known here."""
+def _previous(gw: Gateway, body: Any) -> StoredResponse | None:
+    """The stored response ``previous_response_id`` names; a 400 that says so when it is not known here."""
     previous = openai_responses.previous_response_id(body)
     if previous is None:
-        return ()
+        return None
     record = gw.responses.get(previous)
     if record is None:
         raise InvalidRequest(
             f"Previous response with id '{previous}' not found. This server keeps responses made with store=true "
             "in memory for CHAT_TTL seconds, not across restarts; send the whole conversation in 'input' instead.",
             param="previous_response_id", code="previous_response_not_found")
-    return record.history
+    return record
 
 
 def _keeper(gw: Gateway, request: openai_responses.ResponsesRequest, events: ResponseEvents) -> Any:

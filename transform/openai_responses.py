@@ -60,8 +60,15 @@ def previous_response_id(body: Any) -> str | None:
     return value.strip()
 
 
-def parse_responses_request(body: Any, history: Sequence[tuple[str, str]] = ()) -> ResponsesRequest:
-    """Validate a Responses body; ``history`` is the stored conversation of ``previous_response_id``."""
+def parse_responses_request(
+    body: Any, history: Sequence[tuple[str, str]] = (), call_names: Mapping[str, str] | None = None
+) -> ResponsesRequest:
+    """Validate a Responses body.
+
+    ``history`` is the stored conversation of ``previous_response_id`` and
+    ``call_names`` the function names of its calls (``call_id`` → name), which
+    ``function_call_output`` items answer without repeating them.
+    """
     if not isinstance(body, Mapping):
         raise InvalidRequest("The request body must be a JSON object.")
     for key, why in _UNSUPPORTED.items():
@@ -71,7 +78,7 @@ def parse_responses_request(body: Any, history: Sequence[tuple[str, str]] = ()) 
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a string.", param="model")
     instructions = _optional(body, "instructions", str, None)
-    messages, media = place_media(_history(history, instructions) + _input_messages(body.get("input")))
+    messages, media = place_media(_history(history, instructions) + _input_messages(body.get("input"), call_names or {}))
     check_turn(media)
     if not any(role in ("user", "tool") for role, _ in messages):
         raise InvalidRequest("'input' must contain a user message or a function_call_output.", param="input")
@@ -118,14 +125,14 @@ def _history(history: Sequence[tuple[str, str]], instructions: str | None) -> li
 # --------------------------------------------------------------------------- input items
 
 
-def _input_messages(raw: Any) -> list[Message]:
+def _input_messages(raw: Any, earlier_calls: Mapping[str, str]) -> list[Message]:
     """``input`` as chat messages: a string is one user message; items are read in order."""
     if isinstance(raw, str):
         return [("user", raw, ())]
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("'input' must be a string or a non-empty array of input items.", param="input")
-    names = {str(item.get("call_id")): str(item.get("name", "")) for item in raw
-             if isinstance(item, Mapping) and item.get("type") == "function_call"}
+    names = {**earlier_calls, **{str(item.get("call_id")): str(item.get("name", "")) for item in raw
+                                 if isinstance(item, Mapping) and item.get("type") == "function_call"}}
     messages: list[Message] = []
     calls: list[dict[str, Any]] = []  # function_call items since the last assistant text
     for i, item in enumerate(raw):
