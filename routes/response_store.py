@@ -1,4 +1,4 @@
-"""Stored responses of the Responses API: what ``GET /v1/responses/<id>`` returns and ``previous_response_id`` continues.
+"""Stored responses of the Responses API: what ``GET /v1/responses/<id>`` serves and ``previous_response_id`` continues.
 
 ``ResponseStore`` is the small interface the routes use (``put``, ``get``,
 ``delete``), so a store shared by workers and hosts can replace the in-process

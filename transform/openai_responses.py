@@ -78,7 +78,8 @@ def parse_responses_request(
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a string.", param="model")
     instructions = _optional(body, "instructions", str, None)
-    messages, media = place_media(_history(history, instructions) + _input_messages(body.get("input"), call_names or {}))
+    items = _input_messages(body.get("input"), call_names or {})
+    messages, media = place_media(_history(history, instructions) + items)
     check_turn(media)
     if not any(role in ("user", "tool") for role, _ in messages):
         raise InvalidRequest("'input' must contain a user message or a function_call_output.", param="input")
@@ -264,6 +265,8 @@ def _tools(raw: Any) -> tuple[list[dict[str, Any]], bool]:
         parameters = item.get("parameters")
         if parameters is not None and not isinstance(parameters, Mapping):
             raise InvalidRequest(f"{param}.parameters must be a JSON Schema object.", param=f"{param}.parameters")
+        if any(tool["function"]["name"] == item["name"] for tool in tools):
+            raise InvalidRequest(f"{param}: the function name '{item['name']}' is used twice.", param=param)
         function = {"name": item["name"], "description": item.get("description") or "",
                     "parameters": parameters, "strict": item.get("strict") is not False}  # the API's default
         tools.append({"type": "function", "function": function})

@@ -1,4 +1,4 @@
-"""The Responses API end to end: the ``openai`` SDK's ``responses.*`` (as Codex CLI uses the API) → proxy → emulator."""
+"""The Responses API end to end: the `openai` SDK's `responses.*`, used as Codex CLI uses it → proxy → emulator."""
 
 from __future__ import annotations
 

@@ -154,6 +154,8 @@ BAD = [
     ({"model": MODEL, "input": "hi", "tools": [{"type": "function"}]}, "tools[0].name"),
     ({"model": MODEL, "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": []}]},
      "tools[0].parameters"),
+    ({"model": MODEL, "input": "hi", "tools": [{"type": "web_search"}, {"type": "function", "name": "f"},
+                                              {"type": "function", "name": "f"}]}, "tools[2]"),
     ({"model": MODEL, "input": "hi", "tool_choice": "sometimes"}, "tool_choice"),
     ({"model": MODEL, "input": "hi", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
     ({"model": MODEL, "input": "hi", "text": {"format": {"type": "xml"}}}, "text.format"),
