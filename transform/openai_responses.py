@@ -22,7 +22,7 @@ from typing import Any
 
 from errors import InvalidRequest
 from transform import tool_prompts
-from transform.media_parts import MediaPart, check_turn, decode_inline, place_media, split_content
+from transform.media_parts import MediaPart, check_turn, decode_inline, place_media, placeholder, split_content
 from transform.openai_chat import ChatRequest
 
 #: Built-in tools that switch on the site's web search.
@@ -182,7 +182,9 @@ def _function_call(item: Mapping[str, Any], param: str) -> dict[str, Any]:
 def _call_output(item: Mapping[str, Any], param: str, names: Mapping[str, str]) -> Message:
     call_id, output = str(item.get("call_id") or ""), item.get("output")
     if isinstance(output, list):
-        output, _ = split_content([_part(p, f"{param}.output[{j}]") for j, p in enumerate(output)], f"{param}.output")
+        text, media = split_content([_part(p, f"{param}.output[{j}]") for j, p in enumerate(output)],
+                                    f"{param}.output")
+        output = "\n".join(filter(None, [text, *(placeholder(part) for part in media)]))  # not sent again
     if not isinstance(output, str):
         raise InvalidRequest(f"{param}.output must be a string or an array of input_text parts.",
                              param=f"{param}.output")
@@ -208,10 +210,11 @@ def _message(item: Mapping[str, Any], param: str) -> Message:
 def _part(part: Any, param: str) -> dict[str, Any]:
     """One Responses content part in the chat API's shape, which ``media_parts`` reads."""
     kind = part.get("type") if isinstance(part, Mapping) else None
-    if kind in ("input_text", "output_text", "text", "summary_text") and isinstance(part.get("text"), str):
-        return {"type": "text", "text": part["text"]}
-    if kind == "refusal" and isinstance(part.get("refusal"), str):
-        return {"type": "text", "text": part["refusal"]}
+    if kind in ("input_text", "output_text", "text", "summary_text", "refusal"):
+        field = "refusal" if kind == "refusal" else "text"
+        if not isinstance(part.get(field), str):
+            raise InvalidRequest(f"{param}.{field} must be a string.", param=param)
+        return {"type": "text", "text": part[field]}
     if kind == "input_image":
         if part.get("file_id") and not part.get("image_url"):
             raise _no_file_ids(param)

@@ -111,6 +111,16 @@ def test_error_after_content_without_stream_is_a_502(client, fake):
         client.responses.retrieve("resp_x")
 
 
+def test_thinking_without_an_answer_fails_the_response(client, fake):
+    fake.configure(answer="", thinking=["I thought about it."])
+    events = stream_events(client, model=MODEL + "-thinking")
+    assert events[2].item.type == "reasoning"
+    assert _failed(events).response.error.code == "upstream_empty_response"
+    with pytest.raises(openai.InternalServerError) as info:
+        client.responses.create(model=MODEL + "-thinking", input="hi")
+    assert info.value.code == "upstream_empty_response"
+
+
 def test_slow_first_output_is_kept_alive_with_pings(make_proxy, fake):
     fake.configure(first_token_delay=0.6, answer="Late.")
     proxy = make_proxy(PING_INTERVAL_SECONDS=0.2)
@@ -143,6 +153,8 @@ BAD = [
     ({"model": MODEL, "input": [{"type": "message", "role": "tool", "content": "x"}]}, "input[0].role"),
     ({"model": MODEL, "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_video"}]}]}, "input[0].content[0]"),
+    ({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]},
+     "input[0].content[0]"),
     ({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
      "input[0].content[0]"),
     ({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "ftp://x"}]}]},

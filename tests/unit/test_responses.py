@@ -46,6 +46,11 @@ MESSAGES = [
     ("parallel calls in one message",
      {"input": [user("q"), CALL, {**CALL, "call_id": "call_2", "arguments": "{}"}]},
      (("user", "q"), ("assistant", format_call("f", {"x": 1}) + "\n" + format_call("f", {})))),
+    ("images in a call's output are noted, not sent",
+     {"input": [user("q"), CALL, {"type": "function_call_output", "call_id": "call_1", "output": [
+         {"type": "input_text", "text": "shot:"}, {"type": "input_image", "image_url": "https://h/s.png"}]}]},
+     (("user", "q"), ("assistant", format_call("f", {"x": 1})),
+      ("tool", fold_tool_result("f", "call_1", "shot:\n[earlier image: s.png]")))),
     ("web_search_call items skipped", {"input": [{"type": "web_search_call", "id": "ws"}, user("hi")]},
      (("user", "hi"),)),
 ]
