@@ -129,32 +129,33 @@ def _new_id(prefix: str) -> str:
 
 
 def _stream(turn: Turn, events: ResponseEvents, keep: Any, heartbeat: float) -> Iterator[bytes]:
-    """The turn as Responses SSE; a failure after the first byte ends it with ``error`` and ``response.failed``."""
+    """The turn as Responses SSE; after the first byte a failure ends it with ``error`` and ``response.failed``."""
     error: Exception | None = None
     try:
-        yield _encode(events.start())
+        yield encode_events(events.start())
         for chunks in turn.batches(heartbeat):
             if not chunks:
                 yield PING
                 continue
             out = [event for chunk in chunks for event in events.feed(chunk)]
             if out:
-                yield _encode(out)
-        yield _encode(events.finish())
+                yield encode_events(out)
+        yield encode_events(events.finish())
         keep()
     except ProxyError as exc:
         error = exc
         logger.warning("response stream ended by upstream failure: %s", exc.message)
-        yield _encode(events.fail(exc.to_dict()["error"]))
+        yield encode_events(events.fail(exc.to_dict()["error"]))
     except Exception as exc:  # the boundary: nothing may escape after headers are sent
         error = exc
         logger.exception("response stream failed")
-        yield _encode(events.fail(UpstreamError("Internal error in the proxy while streaming.").to_dict()["error"]))
+        internal = UpstreamError("Internal error in the proxy while streaming.")
+        yield encode_events(events.fail(internal.to_dict()["error"]))
     finally:
         turn.close(error)
 
 
-def _encode(events: list[dict[str, Any]]) -> bytes:
+def encode_events(events: list[dict[str, Any]]) -> bytes:
     """Events as SSE, each with its ``event:`` name, in one write."""
     return b"".join(b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
                     for event in events)
