@@ -275,3 +275,27 @@ def test_store_false_is_not_kept_and_delete_forgets(client, fake):
     client.responses.delete(kept.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(kept.id)
+
+
+# ------------------------------------------------------------------ LangChain on the Responses API
+
+
+def test_langchain_with_use_responses_api(proxy, fake):
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    def get_weather(city: str) -> str:
+        """Current weather of a city."""
+        return "sunny"
+
+    llm = ChatOpenAI(model=MODEL, base_url=proxy.url + "/v1", api_key=API_KEY, max_retries=0, timeout=20,
+                     use_responses_api=True, use_previous_response_id=True)
+    fake.script(format_call("get_weather", {"city": "Paris"}), '{"name": "Oslo", "population": 700000}',
+                "one", "two")
+    assert llm.bind_tools([get_weather]).invoke("Weather in Paris?").tool_calls[0]["args"] == {"city": "Paris"}
+    assert llm.with_structured_output(City).invoke("Describe Oslo.") == City(name="Oslo", population=700000)
+    first = llm.invoke([HumanMessage("q1")])
+    second = llm.invoke([HumanMessage("q1"), first, HumanMessage("q2")])
+    assert first.text == "one" and second.text == "two"
+    *_, (chat, _, _, _), (chat2, parent, text, _) = turns(fake)
+    assert chat2 == chat and parent and text == "q2", "previous_response_id continued the upstream chat"
