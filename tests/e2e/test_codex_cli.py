@@ -40,6 +40,7 @@ def run_codex(codex: str, proxy, tmp_path: Path, prompt: str) -> tuple[int, list
 model = "{MODEL}"
 model_provider = "qwen2openai"
 model_reasoning_effort = "medium"
+web_search = "disabled"
 
 [model_providers.qwen2openai]
 name = "qwen2openai"
@@ -70,6 +71,8 @@ def test_codex_answers_with_thinking_and_usage(codex, proxy, fake, tmp_path):
     [done] = [e for e in events if e["type"] == "turn.completed"]
     assert done["usage"]["input_tokens"] == 812 and done["usage"]["reasoning_output_tokens"] > 0
     [sent] = fake.requests_to(COMPLETIONS)
+    assert sent.json["messages"][0]["chat_type"] == "t2t", "web search disabled as the README says"
+    assert sent.json["messages"][0]["feature_config"]["thinking_mode"] == "Thinking"
     text = sent.json["messages"][0]["content"]
     assert text.startswith("# Tools") and "exec_command(" in text and text.endswith("<user>\nSay hello.\n</user>")
 
