@@ -289,3 +289,17 @@ def test_stored_call_names():
     stored = StoredResponse("r", {"output": [{"type": "message"}, {"type": "function_call", "call_id": "c",
                                                                     "name": "f"}]}, ())
     assert stored.call_names() == {"c": "f"}
+
+
+def test_input_file_and_audio_parts_are_media_of_their_kind():
+    pdf = "data:application/pdf;base64,JVBERi0xLjcKJSVFT0YK"
+    wav = {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=", "format": "wav"}
+    body = {"model": M, "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "Read."}, {"type": "input_file", "file_data": pdf, "filename": "a.pdf"}]}]}
+    [part] = parse_responses_request(body).chat.media
+    assert (part.kind, part.filename, part.data[:5]) == ("document", "a.pdf", b"%PDF-")
+    body["input"][0]["content"][1] = {"type": "input_audio", "input_audio": wav}
+    assert [p.kind for p in parse_responses_request(body).chat.media] == ["audio"]
+    body["input"][0]["content"][1] = {"type": "input_file", "file_url": "https://h/a.pdf"}
+    with pytest.raises(InvalidRequest, match="file_data"):
+        parse_responses_request(body)
