@@ -84,6 +84,7 @@ def parse_responses_request(
     if not any(role in ("user", "tool") for role, _ in messages):
         raise InvalidRequest("'input' must contain a user message or a function_call_output.", param="input")
     tools, search = _tools(body.get("tools"))
+    tools, search = _allowed(body.get("tool_choice"), tools, search)
     chat_body = {"tools": tools, "tool_choice": _tool_choice(body.get("tool_choice")),
                  "parallel_tool_calls": _optional(body, "parallel_tool_calls", bool, None),
                  "response_format": _text_format(body.get("text"))}
@@ -276,15 +277,32 @@ def _tools(raw: Any) -> tuple[list[dict[str, Any]], bool]:
     return tools, search
 
 
+def _allowed(raw: Any, tools: list[dict[str, Any]], search: bool) -> tuple[list[dict[str, Any]], bool]:
+    """``{"type": "allowed_tools", "tools": [...]}``: only the listed tools are offered (search only if listed)."""
+    if not (isinstance(raw, Mapping) and raw.get("type") == "allowed_tools"):
+        return tools, search
+    listed = raw.get("tools")
+    if not isinstance(listed, list) or not all(isinstance(t, Mapping) for t in listed):
+        raise InvalidRequest("tool_choice.tools must be an array of tool references.", param="tool_choice.tools")
+    names = {t.get("name") for t in listed if t.get("type") == "function"}
+    return ([t for t in tools if t["function"]["name"] in names],
+            search and any(t.get("type") in SEARCH_TOOLS for t in listed))
+
+
 def _tool_choice(raw: Any) -> Any:
     if raw is None or raw in ("auto", "none", "required"):
         return raw
+    if isinstance(raw, Mapping) and raw.get("type") == "allowed_tools":
+        if raw.get("mode", "auto") not in ("auto", "required"):
+            raise InvalidRequest("tool_choice.mode must be 'auto' or 'required'.", param="tool_choice.mode")
+        return raw.get("mode", "auto")
     if isinstance(raw, Mapping) and raw.get("type") == "function" and isinstance(raw.get("name"), str):
         return {"type": "function", "function": {"name": raw["name"]}}
     if isinstance(raw, Mapping) and raw.get("type") in SEARCH_TOOLS:
         return "auto"  # a hosted tool: search is switched on, the model answers as usual
     raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required', "
-                         '{"type": "function", "name": ...} or a web_search tool.', param="tool_choice")
+                         '{"type": "function", "name": ...}, {"type": "allowed_tools", ...} or a web_search tool.',
+                         param="tool_choice")
 
 
 def _hosted_choice(raw: Any) -> bool:

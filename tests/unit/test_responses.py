@@ -119,6 +119,16 @@ def test_flat_function_tools_and_choices():
     assert loose.tools[0].strict is False and loose.choice == "auto"
 
 
+def test_allowed_tools_offer_only_the_listed_ones():
+    tools = [{"type": "function", "name": n} for n in ("a", "b", "c")] + [{"type": "web_search"}]
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]}
+    chat = parse_responses_request({"model": M, "input": "hi", "tools": tools, "tool_choice": choice}).chat
+    assert [t.name for t in chat.agent.tools] == ["b"] and chat.agent.choice == "required" and not chat.search
+    choice = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]}
+    chat = parse_responses_request({"model": M, "input": "hi", "tools": tools, "tool_choice": choice}).chat
+    assert chat.agent is None and chat.search
+
+
 @pytest.mark.parametrize(("fmt", "kind", "strict"), [
     ({"type": "json_schema", "name": "C", "schema": {"type": "object"}, "strict": True}, "json_schema", True),
     ({"type": "json_schema", "name": "C", "schema": {"type": "object"}}, "json_schema", False),
