@@ -103,6 +103,12 @@ def parse_responses_request(
                             previous_response_id(body))
 
 
+def _kind(obj: Mapping[str, Any]) -> str | None:
+    """An object's ``type`` when it is a string (anything else matches no known type)."""
+    value = obj.get("type")
+    return value if isinstance(value, str) else None
+
+
 def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
     value = body.get(key)
     if value is None:
@@ -141,7 +147,7 @@ def _input_messages(raw: Any, earlier_calls: Mapping[str, str]) -> list[Message]
         param = f"input[{i}]"
         if not isinstance(item, Mapping):
             raise InvalidRequest(f"{param} must be an object.", param=param)
-        kind = item.get("type", "message" if "role" in item else None)
+        kind = _kind(item) or ("message" if "type" not in item and "role" in item else None)
         if kind in _SKIPPED_ITEMS:
             continue
         if kind == "function_call":
@@ -194,7 +200,7 @@ def _call_output(item: Mapping[str, Any], param: str, names: Mapping[str, str]) 
 
 def _message(item: Mapping[str, Any], param: str) -> Message:
     role = item.get("role")
-    if role not in _INPUT_ROLES:
+    if not isinstance(role, str) or role not in _INPUT_ROLES:
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_INPUT_ROLES))}.", param=f"{param}.role")
     content = item.get("content")
     if isinstance(content, list):
@@ -260,7 +266,7 @@ def _tools(raw: Any) -> tuple[list[dict[str, Any]], bool]:
         param = f"tools[{n}]"
         if not isinstance(item, Mapping):
             raise InvalidRequest(f"{param} must be an object.", param=param)
-        kind = item.get("type")
+        kind = _kind(item)
         search = search or kind in SEARCH_TOOLS
         if kind != "function":
             continue  # other built-in tools (file search, computer use, ...) have no counterpart on the site
@@ -284,9 +290,9 @@ def _allowed(raw: Any, tools: list[dict[str, Any]], search: bool) -> tuple[list[
     listed = raw.get("tools")
     if not isinstance(listed, list) or not all(isinstance(t, Mapping) for t in listed):
         raise InvalidRequest("tool_choice.tools must be an array of tool references.", param="tool_choice.tools")
-    names = {t.get("name") for t in listed if t.get("type") == "function"}
+    names = {t["name"] for t in listed if _kind(t) == "function" and isinstance(t.get("name"), str)}
     return ([t for t in tools if t["function"]["name"] in names],
-            search and any(t.get("type") in SEARCH_TOOLS for t in listed))
+            search and any(_kind(t) in SEARCH_TOOLS for t in listed))
 
 
 def _tool_choice(raw: Any) -> Any:
@@ -298,7 +304,7 @@ def _tool_choice(raw: Any) -> Any:
         return raw.get("mode", "auto")
     if isinstance(raw, Mapping) and raw.get("type") == "function" and isinstance(raw.get("name"), str):
         return {"type": "function", "function": {"name": raw["name"]}}
-    if isinstance(raw, Mapping) and raw.get("type") in SEARCH_TOOLS:
+    if isinstance(raw, Mapping) and _kind(raw) in SEARCH_TOOLS:
         return "auto"  # a hosted tool: search is switched on, the model answers as usual
     raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required', "
                          '{"type": "function", "name": ...}, {"type": "allowed_tools", ...} or a web_search tool.',
@@ -306,7 +312,7 @@ def _tool_choice(raw: Any) -> Any:
 
 
 def _hosted_choice(raw: Any) -> bool:
-    return isinstance(raw, Mapping) and raw.get("type") in SEARCH_TOOLS
+    return isinstance(raw, Mapping) and _kind(raw) in SEARCH_TOOLS
 
 
 def _text_format(raw: Any) -> dict[str, Any] | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
 
 from errors import InvalidRequest
 from routes.response_store import MemoryResponseStore, StoredResponse
+from tests.helpers import RESPONSES_BODY
 from transform.openai_responses import parse_responses_request
 from transform.openai_responses_events import ResponseEvents, responses_usage, url_annotation
 from transform.tool_prompts import fold_tool_result, format_call
@@ -313,3 +315,12 @@ def test_input_file_and_audio_parts_are_media_of_their_kind():
     body["input"][0]["content"][1] = {"type": "input_file", "file_url": "https://h/a.pdf"}
     with pytest.raises(InvalidRequest, match="file_data"):
         parse_responses_request(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=RESPONSES_BODY)
+def test_any_body_is_a_chat_request_or_an_invalid_request(body):
+    try:
+        parse_responses_request(body, HISTORY, {"call_1": "f"})
+    except InvalidRequest as exc:
+        assert exc.status == 400 and exc.message
