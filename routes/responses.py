@@ -140,8 +140,9 @@ def _stream(turn: Turn, events: ResponseEvents, keep: Any, heartbeat: float) -> 
             out = [event for chunk in chunks for event in events.feed(chunk)]
             if out:
                 yield encode_events(out)
-        yield encode_events(events.finish())
-        keep()
+        closing = events.finish()
+        keep()  # before response.completed leaves: a client may send previous_response_id the moment it reads it
+        yield encode_events(closing)
     except ProxyError as exc:
         error = exc
         logger.warning("response stream ended by upstream failure: %s", exc.message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import openai
 import pytest
@@ -93,6 +94,20 @@ def test_stream_helper_accumulates_the_final_response(client, fake):
     assert [e.text for e in events if e.type == "response.output_text.done"] == [text]
     assert [item.type for item in final.output] == ["reasoning", "message"]
     assert client.responses.retrieve(final.id).output_text == text
+
+
+def test_a_streamed_response_is_stored_before_it_is_announced_complete(proxy, fake):
+    """A client may continue the moment it reads response.completed, before the server's stream has ended."""
+    fake.configure(reply=lambda text: f"re: {text}")
+    store = proxy.app.extensions["qwen2openai"].responses
+    put = store.put
+    store.put = lambda record: (time.sleep(0.5), put(record))  # a slow store widens any window to see
+    client, other = proxy.client(), proxy.client()
+    with client.responses.stream(model=MODEL, input="first") as stream:
+        for event in stream:
+            if event.type == "response.completed":
+                follow = other.responses.create(model=MODEL, input="second", previous_response_id=event.response.id)
+    assert follow.output_text == "re: second"
 
 
 def test_raw_stream_names_every_event_and_item(proxy, fake):
