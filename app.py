@@ -27,6 +27,7 @@ from errors import ProxyError
 from identity_pool import IdentityPool, new_session
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp
+from routes import MemoryResponseStore, responses_bp
 
 logger = logging.getLogger("qwen2openai")
 
@@ -47,11 +48,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
     uploader = Uploader(client)
     chats = Conversations(client, settings, uploader)
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats)
+    responses = MemoryResponseStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS)  # Responses API, by id
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses)
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(chat_bp)
     app.register_blueprint(images_videos_bp)
+    app.register_blueprint(responses_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)

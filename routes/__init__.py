@@ -9,6 +9,8 @@
 - ``hangup``: noticing a client that hung up while the site is silent (a look at its socket).
 - ``middleware``: ``Admission``, the cap on requests at once, and the body that gives its place back.
 - ``fetch``: ``RemoteFetcher``, fetching the URLs clients send, guarded against this server's own network.
+- ``responses``: the OpenAI Responses API (``/v1/responses``) over the same turns as chat.
+- ``response_store``: ``ResponseStore`` and its in-process ``MemoryResponseStore``, the stored responses.
 
 ``app`` uses the names exported here.
 """
@@ -19,5 +21,8 @@ from routes.fetch import RemoteFetcher
 from routes.gateway import Gateway, gateway
 from routes.images_videos import bp as images_videos_bp
 from routes.middleware import Admission
+from routes.response_store import MemoryResponseStore
+from routes.responses import bp as responses_bp
 
-__all__ = ["ENDPOINTS", "Admission", "Gateway", "RemoteFetcher", "chat_bp", "gateway", "images_videos_bp"]
+__all__ = ["ENDPOINTS", "Admission", "Gateway", "MemoryResponseStore", "RemoteFetcher", "chat_bp", "gateway",
+           "images_videos_bp", "responses_bp"]

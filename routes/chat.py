@@ -24,6 +24,7 @@ ENDPOINTS = [
     "GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "POST /v1/images/generations",
     "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
     "POST /refresh-token",
+    "POST /v1/responses", "GET /v1/responses/<id>", "DELETE /v1/responses/<id>",
 ]
 
 

@@ -21,6 +21,7 @@ from errors import InvalidRequest, Unauthorized
 from identity_pool import Identity, IdentityPool
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes.fetch import RemoteFetcher
+from routes.response_store import MemoryResponseStore, ResponseStore
 from transform.openai_chat import ModelInfo
 
 
@@ -35,7 +36,8 @@ class Gateway:
     uploader: Uploader
     fetcher: RemoteFetcher
     conversations: Conversations
-
+    #: Responses kept for ``GET /v1/responses/<id>`` and ``previous_response_id``.
+    responses: ResponseStore = dataclasses.field(default_factory=MemoryResponseStore)
 
 
 def gateway() -> Gateway:
