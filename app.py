@@ -69,7 +69,8 @@ class RedactingFilter(logging.Filter):
     """Masks tokens, cookies and API keys in log records before any handler sees them."""
 
     _PATTERNS = (
-        (re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
+        # Anchored at the start of a word run: unanchored, each "eyJ" inside one long run rescans the rest.
+        (re.compile(r"(?<![\w-])eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
         (re.compile(r"(?i)(bearer\s+)\S+"), r"\1***"),
         (re.compile(r"(?i)(token=)[^;\s&]+"), r"\1***"),
     )

@@ -37,7 +37,8 @@ TYPICAL_VIDEO_SECONDS = 180
 #: The site makes clips of about five seconds whatever is asked (§8.3: no duration field).
 VIDEO_SECONDS = "5"
 _URL = re.compile(r"https?://[^\s\"'<>()\[\]]+")
-_MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((https?://[^\s)]+)\)")
+#: Neither part runs over a ``[`` or ``(``: each "![" then scans only to the next one (linear on any text).
+_MARKDOWN_IMAGE = re.compile(r"!\[[^\[\]]*\]\((https?://[^\s()\[\]]+)\)")
 _TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x89PNG\r\n\x1a\n", "image/png"), (0, b"\xff\xd8\xff", "image/jpeg"), (0, b"GIF8", "image/gif"),

@@ -10,7 +10,6 @@ events to chunks, is ``transform.answer``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -188,7 +187,7 @@ def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFou
 # --------------------------------------------------------------------------- requests
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_THINK_TAG = re.compile(r"(?:^|\s+)/(think|no_think)\s*$")  # Cherry Studio appends " /think"
+_THINK_TAGS = (("/no_think", False), ("/think", True))  # Cherry Studio appends " /think"
 _EFFORT_OFF = frozenset({"none", "minimal"})
 
 
@@ -275,13 +274,28 @@ def _strip_think_tags(messages: tuple[tuple[str, str], ...]) -> tuple[tuple[tupl
     result, flag = [], None
     for role, text in messages:
         if role == "user":
-            match = _THINK_TAG.search(text)
-            if match:
-                text, flag = text[: match.start()], match.group(1) == "think"
+            tagged = _think_tag(text)
+            if tagged is not None:
+                text, flag = tagged
             elif flag is not None:
                 flag = None  # a later user turn without a tag: no explicit request
         result.append((role, text))
     return tuple(result), flag
+
+
+def _think_tag(text: str) -> tuple[str, bool] | None:
+    """``text`` without a trailing ``/think`` or ``/no_think`` (after whitespace or alone), and which it was.
+
+    String methods, not a regular expression: a search for "whitespace, then the
+    tag" backtracks quadratically over a long run of spaces (a frozen worker).
+    """
+    body = text.rstrip()
+    for tag, value in _THINK_TAGS:
+        if body.endswith(tag):
+            head = body[: -len(tag)]
+            if not head or head[-1].isspace():
+                return head.rstrip(), value
+    return None
 
 
 def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
