@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from errors import InvalidRequest, ModelNotFound
+from errors import InvalidRequest, ModelNotFound, echo
 from transform import tool_prompts
 from transform.media_parts import MediaPart, check_turn, decode_inline, place_media, split_content
 
@@ -178,7 +178,7 @@ def vision_fallback(choice: ModelChoice, models: Sequence[ModelInfo], fallback: 
 def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFound:
     examples = ", ".join(v for m in models[:3] for v in model_variants(m)[:2])
     return ModelNotFound(
-        f"The model '{requested}' does not exist. Try one of: {examples} "
+        f"The model '{echo(requested)}' does not exist. Try one of: {examples} "
         "(GET /v1/models lists them all).",
         param="model",
     )
@@ -257,7 +257,7 @@ def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> t
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{param} must be an object.", param=param)
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
     text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
@@ -303,7 +303,7 @@ def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
         value = body.get(key)
         if isinstance(value, bool):
             return value
-        if isinstance(value, Mapping) and value.get("type") in {"enabled", "disabled"}:
+        if isinstance(value, Mapping) and value.get("type") in ("enabled", "disabled"):
             return value["type"] == "enabled"
     effort = body.get("reasoning_effort")
     if isinstance(effort, str):
@@ -338,7 +338,7 @@ def _wants_search(body: Mapping[str, Any]) -> bool:
         return True
     tools = body.get("tools")
     return isinstance(tools, list) and any(
-        isinstance(t, Mapping) and t.get("type") in {"web_search", "web_search_preview"} for t in tools
+        isinstance(t, Mapping) and t.get("type") in ("web_search", "web_search_preview") for t in tools
     )
 
 
