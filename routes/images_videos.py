@@ -33,6 +33,7 @@ from werkzeug.datastructures import FileStorage
 from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout, echo
 from identity_pool import Identity, new_session
 from qwen_client import CdnFetcher, GenerationClient
+from qwen_client.conversations import body_chars, too_long
 from routes.gateway import Gateway, authenticate, json_body, site_models
 from routes.turns import PING, SSE_HEADERS, Turn, encode_event, for_caller, sse, upload_media
 from transform import generation, media_parts, openai_chat
@@ -164,6 +165,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
                     include_usage: bool = False, wait: float | None = None) -> Turn:
     """Start an image turn (§8.1, §8.2) like ``turns.open_turn`` starts a chat turn, failover included."""
     gw = st.gw
+    check_size(gw, choice.kind, choice.upstream.id, prompt, ratio)
 
     def start(account: Identity) -> Turn:
         files = attach(gw, account, inputs)
@@ -184,6 +186,15 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
     else:  # the pool learns quota answers here: they pause image turns on the account, not chat
         turn.on_close = lambda error: gw.pool.release(account, error, IMAGE_QUOTA)
     return turn
+
+
+def check_size(gw: Gateway, kind: str, model: str, prompt: str, ratio: str | None) -> None:
+    """Refuse a prompt the site would answer with a captcha, before ``chats/new`` leaves a chat behind (§11)."""
+    payload = generation.generation_payload(kind=kind, model=model, chat_id=str(uuid.UUID(int=0)), prompt=prompt,
+                                            ratio=ratio, fid=str(uuid.UUID(int=0)), timestamp=int(time.time()))
+    size = body_chars(payload)
+    if size > gw.settings.MAX_TURN_CHARS:
+        raise too_long(size, gw.settings.MAX_TURN_CHARS)
 
 
 def on_account(
@@ -307,6 +318,7 @@ def submit_video(st: Studio, choice: generation.GenerationChoice, prompt: str, r
     kind = "i2v" if frames else "t2v"
     # Without a size the first frame decides an i2v clip's shape; a t2v clip gets the web app's 16:9.
     ratio = ratio or (None if frames else "16:9")
+    check_size(gw, kind, choice.upstream.id, prompt, ratio)
 
     def start(account: Identity) -> str:
         files = attach(gw, account, frames)

@@ -179,9 +179,15 @@ class VideoRequest:
 
 
 def parse_video_request(fields: Mapping[str, Any]) -> VideoRequest:
+    """Validate a videos body; a field that is present must be usable, or nothing is sent to the site."""
     prompt, model = _prompt_and_model(fields)
-    size = fields.get("size") or fields.get("aspect_ratio") or fields.get("ratio")
-    reference = next((fields[k] for k in ("input_reference", "image", "first_frame") if fields.get(k)), None)
+    size = next((fields[k] for k in ("size", "aspect_ratio", "ratio") if fields.get(k) is not None), None)
+    if size is not None and not isinstance(size, str):
+        raise InvalidRequest("'size' must be a string such as '1280x720' or '16:9'.", param="size")
+    key = next((k for k in ("input_reference", "image", "first_frame") if fields.get(k) is not None), None)
+    reference = fields[key] if key else None
+    if key and (not reference or not isinstance(reference, (str, Mapping))):
+        raise InvalidRequest(f"'{key}' must be an image URL, a data URL or an object with 'image_url'.", param=key)
     return VideoRequest(prompt.strip(), model or None, size_to_ratio(size, "t2v"), reference)
 
 

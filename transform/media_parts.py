@@ -222,6 +222,11 @@ def with_bytes(part: MediaPart, data: bytes, content_type: str) -> MediaPart:
             f"{part.param}: expected {_article(part.kind)} but got {what}.",
             param=part.param, code="unsupported_media_type",
         )
+    if kind == "image" and data and not looks_like_image(data):
+        raise InvalidRequest(
+            f"{part.param}: the data is labelled {mime} but is not a picture (PNG, JPEG, GIF, WebP, BMP, TIFF "
+            "or HEIC bytes were expected).", param=part.param, code="unsupported_media_type",
+        )
     limit = MAX_BYTES[kind]
     if len(data) > limit:
         raise InvalidRequest(
@@ -282,6 +287,14 @@ def sniff(data: bytes) -> str:
     if data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
         return "audio/mpeg"
     return ""
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether the first bytes are those of a picture format the site takes (a label alone proves nothing)."""
+    return sniff(data).startswith("image/") or (data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS)
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
 
 
 # --------------------------------------------------------------------------- types and names
