@@ -219,12 +219,12 @@ def with_bytes(part: MediaPart, data: bytes, content_type: str) -> MediaPart:
     if kind != part.kind and not (part.kind == "document" and kind):
         what = mime or "unknown data"
         raise InvalidRequest(
-            f"{part.param}: expected {_article(part.kind)} but got {what}.",
+            f"{part.param}: expected {_article(part.kind)} but got {echo(what)}.",
             param=part.param, code="unsupported_media_type",
         )
     if kind == "image" and data and not looks_like_image(data):
         raise InvalidRequest(
-            f"{part.param}: the data is labelled {mime} but is not a picture (PNG, JPEG, GIF, WebP, BMP, TIFF "
+            f"{part.param}: the data is labelled {echo(mime)} but is not a picture (PNG, JPEG, GIF, WebP, BMP, TIFF "
             "or HEIC bytes were expected).", param=part.param, code="unsupported_media_type",
         )
     limit = MAX_BYTES[kind]

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from errors import ModelOutputInvalid
+from errors import ModelOutputInvalid, echo
 from transform import json_schema
 from transform.answer import StreamTranslator
 from transform.tool_prompts import CLOSE_TAG, OPEN_TAG, AgentSpec, OutputFormat
@@ -250,7 +250,8 @@ def check_call(name: str, arguments: Any, spec: AgentSpec) -> Call:
     tool = spec.tool(name)
     if tool is None:
         offered = ", ".join(t.name for t in spec.tools)
-        return Call(name, arguments, [f"there is no function named {name!r} (offered: {offered})"], known=False)
+        return Call(name, arguments, [f"there is no function named '{echo(name)}' (offered: {offered})"],
+                    known=False)
     if spec.choice == "function" and tool.name != spec.forced:
         return Call(tool.name, arguments, [f"this reply must call {spec.forced}, not {tool.name}"], known=False)
     if isinstance(arguments, str):

@@ -3,12 +3,14 @@
 Hypothesis writes the bodies: JSON of any shape, raw bytes, and near-valid
 requests with one field swapped for a hostile value (a wrong type, a lone
 surrogate, a huge or non-finite number, deep nesting). The run is bounded and
-derandomized, so CI sees the same few hundred requests every time.
+derandomized, so CI sees the same few hundred requests every time; for a deeper
+local run, ``FUZZ_EXAMPLES=2000 FUZZ_SEED=random`` (per test) widens and varies it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +23,8 @@ from hypothesis import strategies as st
 from tests.fake_qwen import FakeQwenServer
 from tests.helpers import API_KEY, MODEL, ProxyServer
 
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "30")), deadline=None,
+                derandomize=os.environ.get("FUZZ_SEED") != "random", database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
@@ -37,6 +40,12 @@ def proxy_url(fake_server: FakeQwenServer) -> Iterator[str]:
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
+
+
+@pytest.fixture(autouse=True)
+def json_answers(fake) -> None:
+    """The model answers with a JSON object, so valid ``response_format`` requests are valid all the way."""
+    fake.configure(answer='{"answer": "ok"}')
 
 
 def assert_answer(resp: requests.Response) -> None:
