@@ -20,7 +20,7 @@ from app import RedactingFilter
 from errors import ProxyError
 from qwen_client import conversations, wire
 from transform import generation, json_schema, media_parts, openai_chat, tool_prompts, tool_replies
-from transform.answer import url_citations
+from transform.answer import TextAccumulator, url_citations
 
 SIZE = 200_000
 BOUND = 2.0  # seconds; linear code takes well under 0.2 s here
@@ -87,6 +87,13 @@ def _sse(text: str, step: int) -> None:
     decoder.finish()
 
 
+def _accumulate(text: str, step: int) -> None:
+    answer = TextAccumulator()
+    for i in range(0, len(text), step):
+        answer.feed(text[i:i + step])
+    assert answer.text == text
+
+
 def _chat_request(text: str) -> None:
     try:
         openai_chat.parse_chat_request({"model": "m", "messages": [
@@ -127,6 +134,7 @@ SCANNERS: dict[str, Callable[[str], Any]] = {
     "size_to_ratio": _quietly(lambda t: generation.size_to_ratio(t, "t2v")),
     "url_citations": lambda t: url_citations(t, [{"url": "https://a.example", "title": "a"}]),
     "sse_decoder_deltas": lambda t: _sse(t, 16),
+    "answer_deltas": lambda t: _accumulate(t, 1),  # the site sends a token or less per event
     "waf_and_shorten": lambda t: (wire.looks_like_waf(t), wire.shorten(t)),
     "error_for_body": lambda t: wire.error_for_body(502, "text/html", t.encode(), None),
     "oss_error": lambda t: wire.oss_error(403, t),
