@@ -90,7 +90,7 @@ def json_body(required: bool = True) -> Any:
     surrogates (``"\\ud800"``, which no UTF-8 text can carry) and nesting past
     ``MAX_JSON_DEPTH`` are refused here, so nothing further on meets them.
     """
-    raw = _body_bytes()
+    raw = _body_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as some Windows tools send: json took it
     if not raw.strip():
         if not required:
             return None

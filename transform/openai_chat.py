@@ -248,8 +248,18 @@ def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidRequest(f"'{key}' has the wrong type.", param=key)
+        wanted = {bool: "a boolean", int: "an integer", Mapping: "an object"}.get(kind, kind.__name__)
+        raise InvalidRequest(f"'{key}' must be {wanted}, not {_json_type(value)}.", param=key)
     return value
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages that say what was sent instead."""
+    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+                       (Mapping, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
 
 
 def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> tuple[str, str, tuple[MediaPart, ...]]:

@@ -146,6 +146,15 @@ def test_bodies_strict_json_only(proxy, fake):
         assert resp.status_code == 400 and said in resp.json()["error"]["message"], resp.text[:300]
     resp = requests.post(proxy.url + "/refresh-token", data=b'{"account": Infinity}', headers=AUTH, timeout=10)
     assert resp.status_code == 400
+    resp = requests.post(proxy.url + "/v1/chat/completions", data=b'{"model": "qwen3.7-plus", "stream": "yes", '
+                         b'"messages": [{"role": "user", "content": "hi"}]}', headers=AUTH, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == "'stream' must be a boolean, not a string."
+
+
+def test_a_body_with_a_utf8_byte_order_mark_is_read(proxy, fake):
+    body = b"\xef\xbb\xbf" + json.dumps({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    resp = requests.post(proxy.url + "/v1/chat/completions", data=body, headers=AUTH, timeout=10)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"]
 
 
 # --------------------------------------------------------------------------- schemes
