@@ -430,8 +430,9 @@ def generation_chat(chat: openai_chat.ChatRequest, identity: Identity | None) ->
     choice = generation.resolve_generation_model(chat.model, site_models(), kind, strict=True)
     prompt = generation.last_user_text(chat.messages)
     if any(part.kind != "image" for part in chat.media):
-        raise InvalidRequest(f"'{echo(chat.model)}' takes pictures only; send audio, video and documents to a chat model.",
-                             param="messages", code="unsupported_content")
+        raise InvalidRequest(
+            f"'{echo(chat.model)}' takes pictures only; send audio, video and documents to a chat model.",
+            param="messages", code="unsupported_content")
     inputs = [fetched_image(st, part) for part in chat.media]
     if kind == "t2v":
         if len(inputs) > 1:

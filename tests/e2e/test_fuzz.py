@@ -27,7 +27,8 @@ FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "30")), deadlin
                 derandomize=os.environ.get("FUZZ_SEED") != "random", database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+       "AAAABJRU5ErkJggg==")  # one pixel
 
 
 @pytest.fixture(scope="module")

@@ -152,7 +152,8 @@ def test_bodies_strict_json_only(proxy, fake):
 
 
 def test_a_body_with_a_utf8_byte_order_mark_is_read(proxy, fake):
-    body = b"\xef\xbb\xbf" + json.dumps({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    chat = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
+    body = b"\xef\xbb\xbf" + json.dumps(chat).encode()
     resp = requests.post(proxy.url + "/v1/chat/completions", data=body, headers=AUTH, timeout=10)
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"]
 
