@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from config import ConfigError, Settings, load_settings
-from errors import ProxyError
+from errors import ProxyError, echo
 from identity_pool import IdentityPool, new_session
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp
@@ -76,7 +76,8 @@ class RedactingFilter(logging.Filter):
     """Masks tokens, cookies and API keys in log records before any handler sees them."""
 
     _PATTERNS = (
-        (re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
+        # Anchored at the start of a word run: unanchored, each "eyJ" inside one long run rescans the rest.
+        (re.compile(r"(?<![\w-])eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
         (re.compile(r"(?i)(bearer\s+)\S+"), r"\1***"),
         (re.compile(r"(?i)(token=)[^;\s&]+"), r"\1***"),
     )
@@ -117,10 +118,10 @@ def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]
     """Flask's own 404/405/413 in OpenAI shape instead of HTML."""
     code = exc.code or 500
     if code == 404:
-        message = f"Unknown route {request.method} {request.path}. Endpoints: {', '.join(ENDPOINTS)}."
+        message = f"Unknown route {request.method} {echo(request.path)}. Endpoints: {', '.join(ENDPOINTS)}."
     elif code == 405:
         allowed = ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
-        message = f"Method {request.method} is not allowed on {request.path}; use {allowed or 'another method'}."
+        message = f"Method {request.method} is not allowed on {echo(request.path)}; use {allowed or 'another method'}."
     elif code == 413:
         limit = gateway().settings.MAX_REQUEST_MB
         message = f"The request body is larger than {limit:g} MB (MAX_REQUEST_MB)."

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -44,7 +43,6 @@ logger = logging.getLogger("qwen2openai.conversations")
 
 #: The document that carries context too long to send inline.
 CONTEXT_FILE = "conversation.txt"
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 #: A continuation attempt that fails with one of these falls back to a fresh chat.
 _STALE_CODES = frozenset({"upstream_http_404", "upstream_bad_request"})
 
@@ -63,8 +61,23 @@ def history_keys(messages: Sequence[tuple[str, str]], seed: str) -> list[str]:
 
 def next_key(key: str, role: str, text: str) -> str:
     # Whitespace and echoed <think> blocks differ between clients' copies of the same reply.
-    normal = " ".join(_THINK.sub("", text).split())
+    normal = " ".join(_without_think(text).split())
     return hashlib.sha256(f"{key}\0{role}\0{normal}".encode()).hexdigest()
+
+
+def _without_think(text: str) -> str:
+    """``text`` less its ``<think>…</think>`` blocks, in one pass (a lazy regex rescans on each unclosed tag)."""
+    if "<think>" not in text:
+        return text
+    kept, at = [], 0
+    while (start := text.find("<think>", at)) >= 0:
+        end = text.find("</think>", start + 7)
+        if end < 0:
+            break  # unclosed: kept as it is, like the regex did
+        kept.append(text[at:start])
+        at = end + 8
+    kept.append(text[at:])
+    return "".join(kept)
 
 
 def as_history(chat: openai_chat.ChatRequest) -> tuple[tuple[str, str], ...]:

@@ -53,21 +53,28 @@ class SSEDecoder:
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial: list[bytes] = []  # the unterminated line, in the pieces it came in
         self._data: list[bytes] = []
         self._skip_lf = False
         self.stray = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        # Only the new chunk is searched and split: a long line sent in many small reads
+        # is joined once, when it ends, not copied and rescanned on every read.
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
-            self._skip_lf = buffer.endswith(b"\r")
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
+        if b"\r" in chunk:
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._partial.append(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        lines[0] = b"".join([*self._partial, lines[0]])
+        last = lines.pop()
+        self._partial = [last] if last else []
         events: list[bytes] = []
         for line in lines:
             self._line(line, events)
@@ -82,9 +89,9 @@ class SSEDecoder:
     def finish(self) -> list[bytes]:
         """Flush at end of body: the site may close without a final blank line."""
         events: list[bytes] = []
-        if self._buffer:
-            self._line(self._buffer, events)
-            self._buffer = b""
+        if self._partial:
+            self._line(b"".join(self._partial), events)
+            self._partial = []
         self._line(b"", events)
         return events
 

@@ -7,12 +7,10 @@ open a turn with ``routes.turns`` and return JSON or a stream. ``-image``,
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from config import __version__
-from errors import InvalidRequest, ModelNotFound, ProxyError
+from errors import InvalidRequest, ModelNotFound, ProxyError, echo
 from routes.gateway import authenticate, gateway, json_body, site_models
 from routes.images_videos import generation_chat
 from routes.turns import SSE_HEADERS, fetch_media, open_turn, sse, vision_model
@@ -72,16 +70,12 @@ def refresh_token() -> Response:
     """Renew every account's token now, or one: ``{"account": 2}`` (the number in ``account-2``)."""
     authenticate()
     gw = gateway()
-    raw = request.get_data(cache=False)
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    body = json_body(required=False)
     number = body.get("account", request.args.get("account")) if isinstance(body, dict) else None
     if number is not None:
         try:
-            number = int(number)
-        except (TypeError, ValueError):
+            number = int(number) if isinstance(number, int) or str(number).strip().isascii() else 0
+        except (TypeError, ValueError, OverflowError):
             number = 0
         if not 1 <= number <= len(gw.pool):
             raise InvalidRequest(f"'account' must be a number from 1 to {len(gw.pool)} (as in account-1).",
@@ -107,7 +101,7 @@ def get_model(model_id: str) -> Response:
     for entry in openai_chat.openai_model_list(site_models()):
         if entry["id"].lower() == model_id.lower():
             return jsonify(entry)
-    raise ModelNotFound(f"The model '{model_id}' does not exist; GET /v1/models lists them.", param="model")
+    raise ModelNotFound(f"The model '{echo(model_id)}' does not exist; GET /v1/models lists them.", param="model")
 
 
 @bp.post("/v1/chat/completions")

@@ -30,7 +30,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.datastructures import FileStorage
 
-from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout
+from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout, echo
 from identity_pool import Identity, new_session
 from qwen_client import CdnFetcher, GenerationClient
 from routes.gateway import Gateway, authenticate, json_body, site_models
@@ -428,8 +428,9 @@ def generation_chat(chat: openai_chat.ChatRequest, identity: Identity | None) ->
     choice = generation.resolve_generation_model(chat.model, site_models(), kind, strict=True)
     prompt = generation.last_user_text(chat.messages)
     if any(part.kind != "image" for part in chat.media):
-        raise InvalidRequest(f"'{chat.model}' takes pictures only; send audio, video and documents to a chat model.",
-                             param="messages", code="unsupported_content")
+        raise InvalidRequest(
+            f"'{echo(chat.model)}' takes pictures only; send audio, video and documents to a chat model.",
+            param="messages", code="unsupported_content")
     inputs = [fetched_image(st, part) for part in chat.media]
     if kind == "t2v":
         if len(inputs) > 1:

@@ -29,9 +29,17 @@ class TextAccumulator:
     SURE_PREFIX = 8
 
     def __init__(self) -> None:
-        self.text = ""
+        self._pieces: list[str] = []  # joined on demand: ``str +=`` on an attribute copies the whole answer
+        self.size = 0
         self._mode: str | None = None  # "incremental" | "cumulative" once decided
         self._held: str | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     @property
     def pending(self) -> bool:
@@ -41,7 +49,7 @@ class TextAccumulator:
         """The new text in ``chunk`` (may be empty while a delta is held)."""
         if not chunk:
             return ""
-        if self._mode == "incremental" or (self._mode is None and not self.text):
+        if self._mode == "incremental" or (self._mode is None and not self.size):
             return self._emit(chunk)
         if self._mode == "cumulative":
             if chunk.startswith(self.text):
@@ -75,7 +83,9 @@ class TextAccumulator:
         return self._emit(held) if held else ""
 
     def _emit(self, piece: str) -> str:
-        self.text += piece
+        if piece:
+            self._pieces.append(piece)
+            self.size += len(piece)
         return piece
 
 
@@ -88,8 +98,12 @@ class SnapshotDiffer:
     """
 
     def __init__(self) -> None:
-        self.text = ""  # everything emitted
+        self.text = ""  # everything emitted (each snapshot is whole anyway: nothing to gain from pieces)
         self._last = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
 
     def feed(self, snapshot: str) -> str:
         last, self._last = self._last, snapshot
@@ -177,12 +191,12 @@ class StreamTranslator:
     @property
     def has_output(self) -> bool:
         """Anything at all for the client: thinking or an answer (subclasses widen ``has_answer``)."""
-        return self.has_answer or bool(self.reasoning.text or self.summary.text or self.reasoning.pending)
+        return self.has_answer or bool(self.reasoning.size or self.summary.size or self.reasoning.pending)
 
     @property
     def has_answer(self) -> bool:
         """Whether the turn produced an answer (thinking alone is not one)."""
-        return bool(self.answer.text or self.answer.pending)
+        return bool(self.answer.size or self.answer.pending)
 
     @property
     def reasoning_text(self) -> str:

@@ -10,11 +10,10 @@ events to chunks, is ``transform.answer``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from errors import InvalidRequest, ModelNotFound
+from errors import InvalidRequest, ModelNotFound, echo
 from transform import tool_prompts
 from transform.media_parts import MediaPart, check_turn, decode_inline, place_media, split_content
 
@@ -191,7 +190,7 @@ def vision_fallback(choice: ModelChoice, models: Sequence[ModelInfo], fallback: 
 def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFound:
     examples = ", ".join(v for m in models[:3] for v in model_variants(m)[:2])
     return ModelNotFound(
-        f"The model '{requested}' does not exist. Try one of: {examples} "
+        f"The model '{echo(requested)}' does not exist. Try one of: {examples} "
         "(GET /v1/models lists them all).",
         param="model",
     )
@@ -200,7 +199,7 @@ def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFou
 # --------------------------------------------------------------------------- requests
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_THINK_TAG = re.compile(r"(?:^|\s+)/(think|no_think)\s*$")  # Cherry Studio appends " /think"
+_THINK_TAGS = (("/no_think", False), ("/think", True))  # Cherry Studio appends " /think"
 _EFFORT_OFF = frozenset({"none", "minimal"})
 
 
@@ -261,8 +260,18 @@ def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidRequest(f"'{key}' has the wrong type.", param=key)
+        wanted = {bool: "a boolean", int: "an integer", Mapping: "an object"}.get(kind, kind.__name__)
+        raise InvalidRequest(f"'{key}' must be {wanted}, not {_json_type(value)}.", param=key)
     return value
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages that say what was sent instead."""
+    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+                       (Mapping, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
 
 
 def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> tuple[str, str, tuple[MediaPart, ...]]:
@@ -270,7 +279,7 @@ def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> t
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{param} must be an object.", param=param)
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
     text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
@@ -287,13 +296,28 @@ def _strip_think_tags(messages: tuple[tuple[str, str], ...]) -> tuple[tuple[tupl
     result, flag = [], None
     for role, text in messages:
         if role == "user":
-            match = _THINK_TAG.search(text)
-            if match:
-                text, flag = text[: match.start()], match.group(1) == "think"
+            tagged = _think_tag(text)
+            if tagged is not None:
+                text, flag = tagged
             elif flag is not None:
                 flag = None  # a later user turn without a tag: no explicit request
         result.append((role, text))
     return tuple(result), flag
+
+
+def _think_tag(text: str) -> tuple[str, bool] | None:
+    """``text`` without a trailing ``/think`` or ``/no_think`` (after whitespace or alone), and which it was.
+
+    String methods, not a regular expression: a search for "whitespace, then the
+    tag" backtracks quadratically over a long run of spaces (a frozen worker).
+    """
+    body = text.rstrip()
+    for tag, value in _THINK_TAGS:
+        if body.endswith(tag):
+            head = body[: -len(tag)]
+            if not head or head[-1].isspace():
+                return head.rstrip(), value
+    return None
 
 
 def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
@@ -301,7 +325,7 @@ def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
         value = body.get(key)
         if isinstance(value, bool):
             return value
-        if isinstance(value, Mapping) and value.get("type") in {"enabled", "disabled"}:
+        if isinstance(value, Mapping) and value.get("type") in ("enabled", "disabled"):
             return value["type"] == "enabled"
     effort = body.get("reasoning_effort")
     if isinstance(effort, str):
@@ -336,7 +360,7 @@ def _wants_search(body: Mapping[str, Any]) -> bool:
         return True
     tools = body.get("tools")
     return isinstance(tools, list) and any(
-        isinstance(t, Mapping) and t.get("type") in {"web_search", "web_search_preview"} for t in tools
+        isinstance(t, Mapping) and t.get("type") in ("web_search", "web_search_preview") for t in tools
     )
 
 

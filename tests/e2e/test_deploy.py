@@ -6,6 +6,7 @@ packages (``.ci/run`` installs it); without it the module is skipped locally and
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -279,3 +280,25 @@ def test_docker_image_copies_every_package_of_the_service():
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert packages == {"routes", "qwen_client", "identity_pool", "transform"}
     assert "*.py" in copied and packages <= copied, f"not copied into the image: {packages - copied}"
+
+
+def test_a_run_of_spaces_does_not_freeze_the_worker(stack, fake):
+    # The reported request: one gevent worker serves everyone, so a quadratic scan of it stopped /health too.
+    body = json.dumps({"model": "qwen3-max", "messages": [{"role": "user", "content": "a" + " " * 200_000 + "b"}]})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, stack.url + "/v1/chat/completions", data=body,
+                              headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+        health = requests.get(stack.url + "/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"]
+        answer = pending.result(timeout=40)
+    assert answer.status_code in (200, 404), answer.text[:300]  # an answer, or "no such model": either way, at once
+    assert "choices" in answer.json() or answer.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_browser_sized_cookie_in_client_mode_reaches_the_app(stack):
+    # Client mode sends "key;token;cookie" in Authorization; browsers' Qwen cookies run past 8 KB.
+    bearer = f"Bearer {API_KEY};;ssxmod_itna={'c' * 9000}"
+    resp = requests.get(stack.url + "/v1/models", headers={"Authorization": bearer}, timeout=10)
+    # The app's own answer (this stack is in server mode, so the whole value is taken as the key), not
+    # nginx's or gunicorn's refusal of a long header.
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key", resp.text[:300]

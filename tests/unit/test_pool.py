@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import threading
 
 import pytest
@@ -386,6 +387,19 @@ def test_a_crash_while_saving_leaves_a_valid_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before and json.loads(before)["accounts"]["k"]["token"] == "one"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stray_temp_files_of_a_killed_writer_are_removed_on_start(tmp_path):
+    path = tmp_path / "tokens.json"
+    old = [tmp_path / ".tokens.json.abc123.tmp", tmp_path / ".tokens.json.bak.def456.tmp"]
+    fresh = tmp_path / ".tokens.json.live99.tmp"  # another worker writing right now
+    unrelated = tmp_path / ".other.json.xyz.tmp"
+    for stray in (*old, fresh, unrelated):
+        stray.write_text('{"accounts": {"k": {"token": "secret"}}}')
+    for stray in (*old, unrelated):
+        os.utime(stray, (time.time() - 3600, time.time() - 3600))
+    TokenStore(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, unrelated.name])
 
 
 def test_a_damaged_file_falls_back_to_the_backup(tmp_path):
