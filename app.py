@@ -23,7 +23,9 @@ from config import ConfigError, Settings, load_settings
 from errors import ProxyError
 from identity_pool import IdentityPool, new_session
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
-from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp
+from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
+from routes.messages import PATH_PREFIX as MESSAGES_PATH
+from routes.messages import http_error as messages_http_error
 
 logger = logging.getLogger("qwen2openai")
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
     app.register_blueprint(chat_bp)
     app.register_blueprint(images_videos_bp)
+    app.register_blueprint(messages_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
@@ -119,6 +122,8 @@ def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]
         message = f"The request body is larger than {limit:g} MB (MAX_REQUEST_MB)."
     else:
         message = exc.description or exc.name
+    if request.path.startswith(MESSAGES_PATH):  # the Anthropic SDK reads its own error shape
+        return messages_http_error(code, message)
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": exc.name.lower().replace(" ", "_")}
     return jsonify({"error": error}), code, {"x-should-retry": "false"}
 

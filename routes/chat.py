@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from config import __version__
 from errors import InvalidRequest, ModelNotFound, ProxyError
 from routes.gateway import authenticate, gateway, json_body, site_models
+from routes import messages
 from routes.images_videos import generation_chat
 from routes.turns import SSE_HEADERS, fetch_media, open_turn, sse, vision_model
 from transform import generation, openai_chat
@@ -24,6 +25,7 @@ ENDPOINTS = [
     "GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "POST /v1/images/generations",
     "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
     "POST /refresh-token",
+    *messages.ENDPOINTS,
 ]
 
 
