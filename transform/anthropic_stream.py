@@ -28,7 +28,7 @@ from errors import ProxyError
 
 #: OpenAI finish_reason → Messages stop_reason.
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
-#: Our status → the Messages API's error type (anything else: api_error).
+#: Our status → the Messages API's error type (any other 4xx: invalid_request_error; 5xx: api_error).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                503: "overloaded_error", 529: "overloaded_error"}
@@ -41,7 +41,7 @@ SIGNATURE_PREFIX = "qwen2openai-"
 
 
 def error_type(status: int) -> str:
-    return ERROR_TYPES.get(status, "api_error")
+    return ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
