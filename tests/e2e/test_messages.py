@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -335,7 +336,18 @@ def test_the_sdk_retries_only_when_a_quick_retry_can_help(proxy, fake, fault, re
     fake.configure(fault=fault)
     resp = requests.post(proxy.url + "/v1/messages", timeout=20, headers={"x-api-key": API_KEY},
                          json={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": ASK})
+    assert resp.status_code == PRE_STREAM[fault][1] and resp.json()["type"] == "error"
     assert resp.headers["x-should-retry"] == retry, "the anthropic SDK sleeps as long as Retry-After says"
+
+
+def test_a_spent_quota_does_not_put_the_sdk_to_sleep(proxy, fake):
+    fake.configure(fault="rate_limited")  # Retry-After: 10800
+    client = anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, timeout=20)  # default retries
+    started = time.monotonic()
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=ASK)
+    assert time.monotonic() - started < 3 and info.value.response.headers["Retry-After"] == "10800"
+    assert len(fake.requests_to(COMPLETIONS)) == 1
 
 
 def test_error_after_content_ends_the_stream_with_an_error_event(claude, proxy, fake):

@@ -1,0 +1,291 @@
+"""The Anthropic Messages translation as pure functions: requests in, events and messages out, errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from errors import InvalidRequest, RateLimited, ServiceUnavailable, UpstreamError
+from transform import anthropic_messages as am
+from transform import anthropic_stream as ast
+
+
+def parse(**body):
+    body.setdefault("model", "claude-sonnet-4-5")
+    body.setdefault("max_tokens", 100)
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    return am.parse_messages_request(body)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize(("requested", "table", "expected"), [
+    ("claude-sonnet-4-5-20250929", (), ""),
+    ("claude-3-5-haiku-20241022", (), ""),
+    ("Claude-Opus-4-1", (("claude-opus-*", "qwen3.8-max"),), "qwen3.8-max"),
+    ("claude-haiku-4-5", (("claude-opus-*", "qwen3.8-max"), ("claude-*", "qwen3.7-plus-fast")), "qwen3.7-plus-fast"),
+    ("qwen3.7-plus-thinking", (("claude-*", "x"),), "qwen3.7-plus-thinking"),
+    (" qwen3.8-max ", (), "qwen3.8-max"),
+    ("gpt-4o", (), "gpt-4o"),  # an OpenAI alias: resolve_model maps it to the default
+])
+def test_map_model(requested, table, expected):
+    assert am.map_model(requested, table) == expected
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_system_blocks_and_text_become_the_chat_messages():
+    request = parse(system=[{"type": "text", "text": "Rule one."}, {"type": "text", "text": "Rule two.",
+                                                                      "cache_control": {"type": "ephemeral"}}],
+                    messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                              {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}])
+    assert request.chat.messages == (("system", "Rule one.\n\nRule two."), ("user", "a\nb"), ("assistant", "c"),
+                                     ("user", "d"))
+    assert request.model == "claude-sonnet-4-5" and request.chat.include_usage and request.chat.max_tokens == 100
+
+
+def test_tool_history_folds_into_call_and_response_blocks():
+    request = parse(messages=[
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"},
+                                          {"type": "text", "text": "Listing."},
+                                          {"type": "tool_use", "id": "toolu_1", "name": "LS", "input": {"path": "/"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                                      "content": [{"type": "text", "text": "denied"}]},
+                                     {"type": "text", "text": "try again"}]},
+    ], tools=[{"name": "LS", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}])
+    roles = [role for role, _ in request.chat.messages]
+    assert roles == ["user", "assistant", "tool", "user"]
+    assistant, tool, user = (text for _, text in request.chat.messages[1:])
+    assert assistant == 'Listing.\n<tool_call>\n{"name": "LS", "arguments": {"path": "/"}}\n</tool_call>'
+    assert tool == '<tool_response name="LS" tool_call_id="toolu_1">\n[the tool reported an error]\ndenied\n</tool_response>'
+    assert user == "try again" and "hm" not in assistant
+    assert [t.name for t in request.chat.agent.tools] == ["LS"]
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    (None, ("auto", None, True)),
+    ({"type": "auto"}, ("auto", None, True)),
+    ({"type": "any"}, ("required", None, True)),
+    ({"type": "tool", "name": "LS"}, ("function", "LS", True)),
+    ({"type": "none"}, ("none", None, True)),
+    ({"type": "any", "disable_parallel_tool_use": True}, ("required", None, False)),
+])
+def test_tool_choice(choice, expected):
+    spec = parse(tools=[{"name": "LS", "input_schema": {"type": "object"}}], tool_choice=choice).chat.agent
+    assert (spec.choice, spec.forced, spec.parallel) == expected
+
+
+@pytest.mark.parametrize(("thinking", "flag", "budget"), [
+    (None, None, None),
+    ({"type": "enabled", "budget_tokens": 2048}, True, 2048),
+    ({"type": "disabled"}, False, None),
+    ({"type": "adaptive"}, None, None),
+])
+def test_thinking(thinking, flag, budget):
+    chat = parse(thinking=thinking).chat
+    assert (chat.thinking, chat.thinking_budget) == (flag, budget)
+
+
+def test_web_search_server_tool_switches_on_search():
+    chat = parse(tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]).chat
+    assert chat.search and chat.agent is None
+
+
+def test_media_blocks():
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    chat = parse(messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjcK"}},
+        {"type": "document", "title": "Notes", "source": {"type": "text", "media_type": "text/plain", "data": "x=1"}},
+        {"type": "text", "text": "Compare."}]}]).chat
+    assert [(p.kind, p.remote) for p in chat.media] == [("image", False), ("image", True), ("document", False)]
+    assert chat.media[0].data.startswith(b"\x89PNG") and chat.media[2].filename == "document.pdf"
+    assert chat.messages == (("user", "Notes\nx=1\nCompare."),)
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": ""}, "model"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "video"}]}]}, "messages.0.content.0"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "image"}]}]}, "messages.0.content.0"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "x"}]}]}, "messages.0.content.0"),
+    ({"system": [{"type": "image"}]}, "system.0"),
+    ({"system": 5}, "system"),
+    ({"max_tokens": "10"}, "max_tokens"),
+    ({"stream": "yes"}, "stream"),
+    ({"stop_sequences": [""]}, "stop_sequences"),
+    ({"stop_sequences": ["x" * 1001]}, "stop_sequences"),
+    ({"thinking": {"type": "enabled", "budget_tokens": -1}}, "thinking.budget_tokens"),
+    ({"tools": {"name": "x"}}, "tools"),
+    ({"tools": [{"type": "computer_20250124", "name": "computer"}]}, "tools.0"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"metadata": "user"}, "metadata"),
+    ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x"}}]}]},
+     "messages.0.content.0.source"),
+])
+def test_invalid_bodies_name_the_field(body, param):
+    with pytest.raises(InvalidRequest) as info:
+        parse(**body)
+    assert info.value.param == param and info.value.status == 400
+
+
+def test_count_tokens_bodies_need_no_max_tokens():
+    request = am.parse_messages_request({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "a"}]},
+                                        counting=True)
+    assert request.chat.max_tokens is None and not request.chat.stream
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    ("", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100), ("你好", 2), ("héllo", 2), ("ab你好", 3),
+])
+def test_estimate_tokens(text, tokens):
+    assert am.estimate_tokens(text) == tokens
+
+
+# --------------------------------------------------------------------------- stop sequences
+
+
+@pytest.mark.parametrize(("pieces", "sequences", "sent", "found"), [
+    (["Hello ", "world"], [], "Hello world", None),
+    (["Hello ", "ST", "OP here"], ["STOP"], "Hello ", "STOP"),
+    (["aSTOPb"], ["STOP", "ST"], "a", "ST"),  # the earliest match wins, then the first listed
+    (["no stop", " S"], ["STOP"], "no stop S", None),  # a held prefix is flushed at the end
+    (["x\nEN", "D\n"], ["\nEND"], "x", "\nEND"),
+    (["", "abc"], ["b"], "a", "b"),
+])
+def test_stop_scanner(pieces, sequences, sent, found):
+    scanner = ast.StopScanner(sequences)
+    out = "".join(scanner.feed(p) for p in pieces) + scanner.flush()
+    assert (out, scanner.found) == (sent, found)
+
+
+def test_stop_scanner_is_linear_on_adversarial_text():
+    sequences = ["a" * 999 + "b", "a" * 500 + "c"] + [chr(0x4e00 + n) * 3 for n in range(60)]
+    scanner = ast.StopScanner(sequences)
+    started = time.monotonic()
+    out = "".join(scanner.feed("a" * 7) for _ in range(200_000 // 7)) + scanner.flush()
+    assert scanner.found is None and len(out) == 200_000 // 7 * 7
+    assert time.monotonic() - started < 2.0
+
+
+# --------------------------------------------------------------------------- events
+
+
+def chunk(content=None, reasoning=None, tool_calls=None, finish=None):
+    delta = {k: v for k, v in (("content", content), ("reasoning_content", reasoning), ("tool_calls", tool_calls))
+             if v is not None}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+USAGE = {"choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 7,
+                                  "prompt_tokens_details": {"cached_tokens": 10}}}
+
+
+def run(chunks, stops=()):
+    translator = ast.EventTranslator("msg_1", "claude-x", stops, input_tokens=40)
+    events = translator.start()
+    for c in chunks:
+        events += translator.feed(c)
+        if translator.stopped:
+            break
+    return events + translator.finish()
+
+
+def shape(events):
+    out = []
+    for e in events:
+        if e["type"] == "content_block_start":
+            out.append(("start", e["index"], e["content_block"]["type"]))
+        elif e["type"] == "content_block_delta":
+            delta = e["delta"]
+            out.append((delta["type"], e["index"], delta.get("text") or delta.get("thinking")
+                        or delta.get("partial_json") or "sig"))
+        elif e["type"] == "content_block_stop":
+            out.append(("stop", e["index"]))
+        elif e["type"] == "message_delta":
+            out.append(("message_delta", e["delta"]["stop_reason"], e["delta"]["stop_sequence"]))
+        else:
+            out.append((e["type"],))
+    return out
+
+
+CALL = [{"index": 0, "id": "call_abc", "type": "function", "function": {"name": "LS", "arguments": ""}}]
+ARGS = [{"index": 0, "function": {"arguments": '{"path":"/"}'}}]
+
+
+@pytest.mark.parametrize(("chunks", "stops", "expected"), [
+    ([chunk("Hi"), chunk(" there"), chunk(finish="stop"), USAGE], (), [
+        ("message_start",), ("start", 0, "text"), ("text_delta", 0, "Hi"), ("text_delta", 0, " there"),
+        ("stop", 0), ("message_delta", "end_turn", None), ("message_stop",)]),
+    ([chunk(reasoning="Hmm"), chunk("Yes"), chunk(finish="length"), USAGE], (), [
+        ("message_start",), ("start", 0, "thinking"), ("thinking_delta", 0, "Hmm"), ("signature_delta", 0, "sig"),
+        ("stop", 0), ("start", 1, "text"), ("text_delta", 1, "Yes"), ("stop", 1),
+        ("message_delta", "max_tokens", None), ("message_stop",)]),
+    ([chunk("Looking."), chunk(tool_calls=CALL), chunk(tool_calls=ARGS), chunk(finish="tool_calls"), USAGE], (), [
+        ("message_start",), ("start", 0, "text"), ("text_delta", 0, "Looking."), ("stop", 0),
+        ("start", 1, "tool_use"), ("input_json_delta", 1, '{"path":"/"}'), ("stop", 1),
+        ("message_delta", "tool_use", None), ("message_stop",)]),
+    ([chunk("one END two"), chunk(" three"), chunk(finish="stop"), USAGE], ("END",), [
+        ("message_start",), ("start", 0, "text"), ("text_delta", 0, "one "), ("stop", 0),
+        ("message_delta", "stop_sequence", "END"), ("message_stop",)]),
+    ([chunk("END"), chunk(finish="stop")], ("END",), [
+        ("message_start",), ("message_delta", "stop_sequence", "END"), ("message_stop",)]),
+    ([chunk(finish="stop"), USAGE], (), [("message_start",), ("message_delta", "end_turn", None), ("message_stop",)]),
+])
+def test_event_sequences(chunks, stops, expected):
+    assert shape(run(chunks, stops)) == expected
+
+
+def test_usage_and_the_accumulated_message():
+    events = run([chunk(reasoning="Plan."), chunk("Done."), chunk(tool_calls=CALL), chunk(tool_calls=ARGS),
+                  chunk(finish="tool_calls"), USAGE])
+    message = ast.accumulate(events)
+    assert message["usage"] == {"input_tokens": 40, "output_tokens": 7, "cache_creation_input_tokens": 0,
+                                "cache_read_input_tokens": 10}
+    thinking, text, call = message["content"]
+    assert thinking == {"type": "thinking", "thinking": "Plan.", "signature": ast.signature("Plan.")}
+    assert text == {"type": "text", "text": "Done."}
+    assert call == {"type": "tool_use", "id": "toolu_abc", "name": "LS", "input": {"path": "/"}}
+    assert (message["stop_reason"], message["stop_sequence"], message["model"]) == ("tool_use", None, "claude-x")
+    assert message["usage"]["input_tokens"] == 40, "usage_of: prompt minus cached"
+
+
+def test_usage_is_estimated_when_a_stop_sequence_cuts_the_turn():
+    message = ast.accumulate(run([chunk("abcdefgh STOP")], ("STOP",)))
+    assert message["usage"] == {"input_tokens": 40, "output_tokens": 3, "cache_creation_input_tokens": 0,
+                                "cache_read_input_tokens": 0}
+
+
+def test_encode_event():
+    assert ast.encode_event({"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
+    (404, "not_found_error"), (405, "invalid_request_error"), (413, "request_too_large"),
+    (429, "rate_limit_error"), (500, "api_error"), (502, "api_error"), (503, "overloaded_error"),
+    (504, "api_error"),
+])
+def test_error_types(status, kind):
+    assert ast.error_body(status, "m") == {"type": "error", "error": {"type": kind, "message": "m"}}
+
+
+@pytest.mark.parametrize(("error", "retry", "after"), [
+    (UpstreamError("x"), "true", None),
+    (RateLimited("x", retry_after=1.0), "true", "1"),
+    (RateLimited("x", retry_after=10800), "false", "10800"),
+    (ServiceUnavailable("x", retry_after=10.0), "false", "10"),
+    (InvalidRequest("x"), "false", None),
+])
+def test_error_headers(error, retry, after):
+    headers = ast.error_headers(error)
+    assert headers["x-should-retry"] == retry and headers.get("Retry-After") == after
