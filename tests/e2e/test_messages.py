@@ -422,3 +422,19 @@ def test_routing_errors_under_messages_keep_the_shape(proxy, method, path, statu
 def test_endpoints_are_listed(proxy):
     endpoints = requests.get(proxy.url + "/", timeout=20).json()["endpoints"]
     assert "POST /v1/messages" in endpoints and "POST /v1/messages/count_tokens" in endpoints
+
+
+def test_requests_above_the_cap_get_a_messages_shaped_429(make_proxy, fake):
+    fake.configure(answer="abcdefgh", chunk_chars=2, stall_after_events=3)
+    proxy = make_proxy(MAX_CONCURRENT_REQUESTS=1)
+    held = requests.post(proxy.url + "/v1/messages", stream=True, timeout=20, headers={"x-api-key": API_KEY},
+                         json={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": ASK, "stream": True})
+    chunks = held.iter_content(chunk_size=None)
+    assert next(chunks).startswith(b"event: message_start")
+    client = anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=ASK)
+    assert info.value.body["error"]["type"] == "rate_limit_error" and "MAX_CONCURRENT_REQUESTS" in str(info.value.body)
+    fake.configure(stall_after_events=None)
+    fake.release_stalls()
+    assert b"event: message_stop" in b"".join(chunks)
