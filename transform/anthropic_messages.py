@@ -314,7 +314,7 @@ def _tool_choice(raw: Any) -> dict[str, Any]:
         return {}
     kind = raw.get("type") if isinstance(raw, Mapping) else None
     forms = {"auto": "auto", "any": "required", "none": "none"}
-    if kind in forms:
+    if isinstance(kind, str) and kind in forms:
         choice: Any = forms[kind]
     elif kind == "tool" and isinstance(raw.get("name"), str):
         choice = {"type": "function", "function": {"name": raw["name"]}}

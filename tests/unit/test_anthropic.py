@@ -289,3 +289,80 @@ def test_error_types(status, kind):
 def test_error_headers(error, retry, after):
     headers = ast.error_headers(error)
     assert headers["x-should-retry"] == retry and headers.get("Retry-After") == after
+
+
+# --------------------------------------------------------------------------- generated inputs
+
+VALUES = [None, True, 0, -1, 5, 1.5, "", "x", "toolu_1", "claude-opus-4-1", [], {}, [{}], [None], {"type": None},
+          {"type": "text"}, {"type": "text", "text": 5}, {"type": "image", "source": {"type": "base64"}},
+          {"type": "tool_use", "id": 1, "name": []}, {"type": "tool_result", "content": {}},
+          {"type": "document", "source": {"type": "content", "content": [5]}},
+          {"type": "enabled", "budget_tokens": "9"}, {"type": "tool"}, {"role": "user"}]
+FIELDS = ["model", "messages", "system", "max_tokens", "stream", "stop_sequences", "thinking", "tools",
+          "tool_choice", "metadata"]
+
+
+def mutate(rng, value, depth=0):
+    """A random variation of a JSON value: replace, drop or nest parts of it."""
+    if depth > 3 or rng.random() < 0.3:
+        return rng.choice(VALUES)
+    if isinstance(value, dict):
+        out = {k: mutate(rng, v, depth + 1) if rng.random() < 0.5 else v for k, v in value.items()
+               if rng.random() > 0.1}
+        if rng.random() < 0.3:
+            out[rng.choice(FIELDS + ["type", "content", "source", "role", "text", "input"])] = rng.choice(VALUES)
+        return out
+    if isinstance(value, list):
+        return [mutate(rng, v, depth + 1) for v in value] + ([rng.choice(VALUES)] if rng.random() < 0.3 else [])
+    return rng.choice(VALUES) if rng.random() < 0.5 else value
+
+
+SEED_BODY = {
+    "model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "stop_sequences": ["END"],
+    "system": [{"type": "text", "text": "sys"}],
+    "thinking": {"type": "enabled", "budget_tokens": 1024},
+    "tools": [{"name": "LS", "input_schema": {"type": "object", "properties": {"p": {"type": "string"}}}}],
+    "tool_choice": {"type": "auto"},
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                     {"type": "image", "source": {"type": "url", "url": "https://e.com/a.png"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "LS", "input": {"p": "/"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                                      "content": [{"type": "text", "text": "no"}]}]},
+    ],
+}
+
+
+def test_generated_bodies_are_translated_or_refused_with_a_400():
+    import random
+
+    rng = random.Random(13)
+    accepted = 0
+    for _ in range(3000):
+        body = mutate(rng, SEED_BODY)
+        try:
+            am.parse_messages_request(body)
+            accepted += 1
+        except InvalidRequest as exc:
+            assert exc.status == 400 and exc.message
+    assert 20 < accepted < 2980, "the generator reaches both outcomes"
+
+
+def test_generated_chunk_streams_always_make_a_well_formed_message():
+    import random
+
+    rng = random.Random(7)
+    pieces = [[chunk("te")], [chunk("xt END")], [chunk(reasoning="th")], [chunk(tool_calls=CALL), chunk(tool_calls=ARGS)],
+              [chunk(tool_calls=[{"index": 1, "id": "call_b", "function": {"name": "X", "arguments": "{}"}}])],
+              [chunk(finish="stop")], [chunk(finish="tool_calls")], [USAGE], [{"choices": []}], [chunk("")]]
+    for _ in range(500):
+        chunks = [c for _ in range(rng.randint(0, 12)) for c in rng.choice(pieces)]
+        events = run(chunks, rng.choice([(), ("END",)]))
+        names = [e["type"] for e in events]
+        assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+        assert names.count("content_block_start") == names.count("content_block_stop")
+        message = ast.accumulate(events)
+        for block in message["content"]:
+            assert block["type"] in {"text", "thinking", "tool_use"}
+            if block["type"] == "thinking":
+                assert block["signature"]
