@@ -1,11 +1,12 @@
 """CPU cost of the relay's hot path without sockets: SSE decode → classify → translate → encode.
 
-    python -m bench.hot_path [--events 20000] [--profile] [--tools]
+    python -m bench.hot_path [--events 20000] [--profile] [--tools] [--messages]
 
 Feeds a captured-shape answer stream of one-character events, cut into 400-byte reads, through the
 same functions the proxy uses, and prints events per second and microseconds per event. ``--tools``
 relays the same text through the tool-call translator (a request with ``tools``, an answer without a
-call), which scans every piece of content for the start of a call.
+call), which scans every piece of content for the start of a call. ``--messages`` turns the chunks into
+Anthropic Messages events (``/v1/messages``) and encodes those instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 
 from qwen_client.wire import SSEDecoder, decode_event
 from routes.turns import encode_event
+from transform.anthropic_stream import EventTranslator
+from transform.anthropic_stream import encode_event as encode_message_event
 from transform.answer import StreamTranslator
 from transform.tool_prompts import parse_agent_spec
 from transform.tool_replies import translator_for
@@ -37,15 +40,19 @@ def _event(i: int) -> dict:
             "timestamp": 1787654797}
 
 
-def relay(chunks: list[bytes], tools: bool = False) -> int:
+def relay(chunks: list[bytes], tools: bool = False, messages: bool = False) -> int:
     def plain() -> StreamTranslator:
         return StreamTranslator("chatcmpl-bench", "qwen3.7-plus", 1)
 
     translator = translator_for(parse_agent_spec(TOOLS), plain, lambda: "call_bench") if tools else plain()
+    events = EventTranslator("msg_bench", "claude-sonnet-4-5", ("\nEND",)) if messages else None
     sent = 0
     for data in SSEDecoder().iter_payloads(chunks):
         for chunk in translator.feed(decode_event(data)):
-            sent += len(encode_event(chunk))
+            if events is None:
+                sent += len(encode_event(chunk))
+            else:
+                sent += sum(len(encode_message_event(event)) for event in events.feed(chunk))
     return sent
 
 
@@ -54,18 +61,19 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tools", action="store_true", help="through the tool-call translator")
+    parser.add_argument("--messages", action="store_true", help="as Anthropic Messages events")
     args = parser.parse_args()
     body = b"".join(b"data: " + json.dumps(_event(i)).encode() + b"\n\n" for i in range(args.events))
     chunks = [body[i:i + 400] for i in range(0, len(body), 400)]
     start = time.perf_counter()
-    relay(chunks, args.tools)
+    relay(chunks, args.tools, args.messages)
     elapsed = time.perf_counter() - start
     figures = {"events_per_s": args.events / elapsed, "us_per_event": elapsed / args.events * 1e6}
     print(f"{figures['events_per_s']:.0f} events/s, {figures['us_per_event']:.1f} µs per event")
     print(json.dumps(figures))
     if args.profile:
         profiler = cProfile.Profile()
-        profiler.runcall(relay, chunks, args.tools)
+        profiler.runcall(relay, chunks, args.tools, args.messages)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
 
 
