@@ -458,3 +458,21 @@ def test_generated_bodies_never_get_a_5xx(proxy, fake):
         elif resp.status_code != 200:
             assert resp.json()["type"] == "error" and resp.status_code in (400, 404)
     assert {200, 400} <= statuses
+
+
+def test_a_claude_code_sized_context_goes_up_as_a_document(claude, fake):
+    """Claude Code's system prompt and history outgrow the site's turn limit: the context is offloaded."""
+    history = [{"role": "user", "content": "Read the code."}, {"role": "assistant", "content": "ok " * 8000},
+               {"role": "user", "content": "Now summarise it."}]
+    message = claude.messages.create(model="claude-sonnet-4-5", max_tokens=100, system=SYSTEM * 20, tools=TOOLS,
+                                     messages=history)
+    assert message.content[0].text
+    sent_message = sent(fake)[-1]
+    assert len(sent_message["content"]) < 60_000 and "Now summarise it." in sent_message["content"]
+    assert [f["name"] for f in sent_message["files"]] == ["conversation.txt"]
+
+
+def test_the_web_search_server_tool_uses_the_sites_search(claude, fake):
+    claude.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK,
+                           tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}])
+    assert sent(fake)[-1]["chat_type"] == "search"
