@@ -8,7 +8,8 @@ sequence the ``anthropic`` SDK's accumulator expects::
 
 with ``thinking`` blocks (``thinking_delta``, then a ``signature_delta``),
 ``text`` blocks (``text_delta``, cut at the first stop sequence) and
-``tool_use`` blocks (``input_json_delta``). A non-stream answer is the same
+``tool_use`` blocks (``input_json_delta``); the site's search sources become
+``citations_delta`` on the text. A non-stream answer is the same
 events folded by ``accumulate``, so both forms always agree. ``error_body`` and
 ``error_headers`` give every ``ProxyError`` the Messages API's error shape.
 
@@ -125,6 +126,13 @@ def signature(thinking: str) -> str:
     return SIGNATURE_PREFIX + hashlib.sha256(thinking.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def citation(annotation: Mapping[str, Any]) -> dict[str, Any]:
+    """A search source (an OpenAI ``url_citation``) as a web search citation of a text block."""
+    cited = annotation.get("url_citation") or {}
+    return {"type": "web_search_result_location", "url": cited.get("url", ""), "title": cited.get("title") or None,
+            "encrypted_index": "", "cited_text": ""}
+
+
 def tool_use_id(call_id: str) -> str:
     return "toolu_" + call_id.removeprefix("call_")
 
@@ -179,6 +187,8 @@ class EventTranslator:
             out += self._text(self._stops.feed(delta["content"]))
         for call in delta.get("tool_calls") or ():
             out += self._tool_call(call)
+        if delta.get("annotations") and self._open == "text":
+            out += [self._delta({"type": "citations_delta", "citation": citation(a)}) for a in delta["annotations"]]
         return out
 
     def _thinking_delta(self, text: str) -> list[dict[str, Any]]:
@@ -280,6 +290,8 @@ def _apply(block: dict[str, Any], delta: Mapping[str, Any], partial: list[str]) 
         block["signature"] = delta["signature"]
     elif kind == "input_json_delta":
         partial.append(delta["partial_json"])
+    elif kind == "citations_delta":
+        block.setdefault("citations", []).append(delta["citation"])
 
 
 def encode_event(event: Mapping[str, Any]) -> bytes:

@@ -472,7 +472,25 @@ def test_a_claude_code_sized_context_goes_up_as_a_document(claude, fake):
     assert [f["name"] for f in sent_message["files"]] == ["conversation.txt"]
 
 
-def test_the_web_search_server_tool_uses_the_sites_search(claude, fake):
-    claude.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK,
-                           tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}])
+SOURCES = [
+    {"title": "Python docs", "url": "https://docs.python.org/3/", "hostname": "docs.python.org", "snippet": "…"},
+    {"title": "PEP 8", "url": "https://peps.python.org/pep-0008/", "hostname": "peps.python.org", "snippet": "…"},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_the_web_search_server_tool_uses_the_sites_search(claude, fake, stream):
+    fake.configure(answer="Style is in PEP 8 [[2]].", search_results=SOURCES)
+    kwargs = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": ASK,
+              "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]}
+    if stream:
+        with claude.messages.stream(**kwargs) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**kwargs)
     assert sent(fake)[-1]["chat_type"] == "search"
+    (text,) = message.content
+    assert text.text == "Style is in PEP 8 [[2]]."
+    assert [(c.type, c.url, c.title) for c in text.citations] == [
+        ("web_search_result_location", "https://peps.python.org/pep-0008/", "PEP 8"),
+        ("web_search_result_location", "https://docs.python.org/3/", "Python docs")]

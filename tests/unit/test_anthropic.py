@@ -237,6 +237,10 @@ ARGS = [{"index": 0, "function": {"arguments": '{"path":"/"}'}}]
     ([chunk("END"), chunk(finish="stop")], ("END",), [
         ("message_start",), ("message_delta", "stop_sequence", "END"), ("message_stop",)]),
     ([chunk(finish="stop"), USAGE], (), [("message_start",), ("message_delta", "end_turn", None), ("message_stop",)]),
+    ([chunk("See [[1]]."), {"choices": [{"index": 0, "finish_reason": "stop", "delta": {"annotations": [
+        {"type": "url_citation", "url_citation": {"url": "https://a.example", "title": "A"}}]}}]}], (), [
+        ("message_start",), ("start", 0, "text"), ("text_delta", 0, "See [[1]]."), ("citations_delta", 0, "sig"),
+        ("stop", 0), ("message_delta", "end_turn", None), ("message_stop",)]),
 ])
 def test_event_sequences(chunks, stops, expected):
     assert shape(run(chunks, stops)) == expected
