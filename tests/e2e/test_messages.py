@@ -11,6 +11,7 @@ import anthropic
 import pytest
 import requests
 
+from tests.fake_qwen import make_jwt
 from tests.helpers import API_KEY, MediaHost
 from transform.tool_prompts import format_call
 
@@ -46,6 +47,18 @@ def test_api_key_and_bearer_token_are_both_accepted(proxy, fake):
     with pytest.raises(anthropic.AuthenticationError) as info:
         wrong.messages.create(model="qwen3.7-plus", max_tokens=50, messages=ASK)
     assert info.value.body["error"]["type"] == "authentication_error" and "sk-wrong" not in str(info.value.body)
+
+
+@pytest.mark.parametrize("header", ["api_key", "auth_token"])
+def test_client_mode_takes_the_callers_account_from_either_header(make_proxy, fake, header):
+    proxy = make_proxy(SERVER_MODE=False, COOKIE="")
+    own = make_jwt("claude-code-user-7")
+    client = anthropic.Anthropic(base_url=proxy.url, max_retries=0, **{header: f"{API_KEY};{own};ssxmod_itna=abc"})
+    assert client.messages.create(model="claude-sonnet-4-5", max_tokens=50, messages=ASK).content
+    assert f"token={own}" in fake.requests_to(COMPLETIONS)[-1].headers["Cookie"]
+    wrong = anthropic.Anthropic(base_url=proxy.url, max_retries=0, **{header: f"sk-wrong;{own};"})
+    with pytest.raises(anthropic.AuthenticationError):
+        wrong.messages.create(model="claude-sonnet-4-5", max_tokens=50, messages=ASK)
 
 
 def test_model_map_setting(make_proxy, fake):
