@@ -120,6 +120,13 @@ def _stream(turn: Turn, translator: EventTranslator, heartbeat: float | None) ->
         turn.close(error)
 
 
+@bp.after_request
+def _request_id(response: Response) -> Response:
+    """``request-id``, as Anthropic sends it: the SDK shows it in errors and as ``message._request_id``."""
+    response.headers.setdefault("request-id", f"req_{uuid.uuid4().hex[:24]}")
+    return response
+
+
 # --------------------------------------------------------------------------- errors in the Messages shape
 
 

@@ -34,6 +34,7 @@ def test_create_answers_a_message(claude, fake):
     assert message.model == "claude-sonnet-4-5-20250929", "the requested name is echoed"
     assert [(b.type, b.text) for b in message.content] == [("text", "Hello from fake Qwen.")]
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
+    assert message._request_id.startswith("req_")
     assert message.usage.input_tokens == 812 and message.usage.output_tokens > 0
     (request,) = fake.requests_to(COMPLETIONS)
     assert request.json["model"] == "qwen3.7-plus", "Claude names run on the default model"
@@ -338,7 +339,7 @@ def test_fault_before_any_output(claude, fake, fault, stream):
         else:
             claude.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK)
     error = info.value
-    assert error.status_code == status and error.body["type"] == "error"
+    assert error.status_code == status and error.body["type"] == "error" and error.request_id.startswith("req_")
     assert error.body["error"]["type"] == kind and "<" not in error.body["error"]["message"]
     assert error.response.headers["x-should-retry"] in {"true", "false"}
 
