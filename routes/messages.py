@@ -10,6 +10,7 @@ this server. Thin like ``routes.chat``: the body becomes the chat request it mea
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +46,8 @@ def create_message() -> Response:
     estimate = anthropic_messages.estimate_tokens(
         anthropic_messages.prompt_text(chat, gw.settings.MAX_HISTORY_MESSAGES), chat.media)
     turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
-    translator = EventTranslator(f"msg_{uuid.uuid4().hex[:24]}", request.model, request.stop_sequences, estimate)
+    translator = EventTranslator(f"msg_{uuid.uuid4().hex[:24]}", request.model, request.stop_sequences, estimate,
+                                 show_thinking=request.thinking or choice.thinking is True)
     if chat.stream:
         return Response(_stream(turn, translator, gw.settings.PING_INTERVAL_SECONDS),
                         mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
@@ -98,13 +100,15 @@ def _stream(turn: Turn, translator: EventTranslator, heartbeat: float | None) ->
     error: Exception | None = None
     try:
         yield encode_event(translator.start()[0]) + PING
+        quiet_since = time.monotonic()
         for chunks in turn.batches(heartbeat):
-            if not chunks:
-                yield PING
-                continue
             events = [event for chunk in chunks for event in translator.feed(chunk)]
             if events:
                 yield b"".join(encode_event(event) for event in events)
+                quiet_since = time.monotonic()
+            elif not chunks or (heartbeat is not None and time.monotonic() - quiet_since >= heartbeat):
+                yield PING  # the site is silent, or thinking nobody sees
+                quiet_since = time.monotonic()
             if translator.stopped:
                 break
         yield b"".join(encode_event(event) for event in translator.finish())

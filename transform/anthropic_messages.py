@@ -41,6 +41,9 @@ class MessagesRequest:
     chat: openai_chat.ChatRequest
     model: str  # as the client named it; echoed in every answer
     stop_sequences: tuple[str, ...] = ()
+    #: The client asked for thinking (``enabled`` or ``adaptive``); without it, as Anthropic's API does, answers
+    #: carry no thinking blocks unless the model id asks for thinking (``-thinking``).
+    thinking: bool = False
 
 
 # --------------------------------------------------------------------------- models
@@ -87,7 +90,8 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
     chat = openai_chat.parse_chat_request(chat_body)
     # Usage always: message_delta carries it, streamed or not.
     chat = dataclasses.replace(chat, include_usage=True)
-    return MessagesRequest(chat, model.strip(), _stop_sequences(body.get("stop_sequences")))
+    thinking = isinstance(body.get("thinking"), Mapping) and body["thinking"].get("type") in ("enabled", "adaptive")
+    return MessagesRequest(chat, model.strip(), _stop_sequences(body.get("stop_sequences")), thinking)
 
 
 def _typed(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:

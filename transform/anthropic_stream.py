@@ -147,8 +147,9 @@ class EventTranslator:
     """
 
     def __init__(self, message_id: str, model: str, stop_sequences: Sequence[str] = (),
-                 input_tokens: int = 0) -> None:
+                 input_tokens: int = 0, show_thinking: bool = True) -> None:
         self.id, self.model, self.input_tokens = message_id, model, input_tokens
+        self.show_thinking = show_thinking  # off: thinking nobody asked for is left out, as Anthropic's API does
         self._stops = StopScanner(stop_sequences)
         self._open: str | None = None  # type of the block being written
         self._index = -1
@@ -181,7 +182,7 @@ class EventTranslator:
         self._finish_reason = choice.get("finish_reason") or self._finish_reason
         delta = choice.get("delta") or {}
         out: list[dict[str, Any]] = []
-        if delta.get("reasoning_content"):
+        if delta.get("reasoning_content") and self.show_thinking:
             out += self._thinking_delta(delta["reasoning_content"])
         if delta.get("content"):
             out += self._text(self._stops.feed(delta["content"]))

@@ -132,6 +132,28 @@ def test_thinking_off_switches_the_site_to_fast(claude, fake):
     assert config["thinking_enabled"] is False and config["thinking_mode"] == "Fast"
 
 
+@pytest.mark.parametrize(("model", "thinking", "shown"), [
+    ("claude-sonnet-4-5", None, False),  # not asked: the site may think in its Auto gear, the answer has none
+    ("claude-sonnet-4-5", {"type": "adaptive"}, True),
+    ("qwen3.7-plus-thinking", None, True),  # the model id asks for it
+])
+def test_thinking_blocks_only_when_asked_for(claude, fake, model, thinking, shown):
+    fake.configure(thinking=["Unrequested musing."], answer="Plain answer.")
+    extra = {"thinking": thinking} if thinking else {}
+    message = claude.messages.create(model=model, max_tokens=1000, messages=ASK, **extra)
+    assert [b.type for b in message.content] == (["thinking", "text"] if shown else ["text"])
+    assert message.content[-1].text == "Plain answer."
+
+
+def test_hidden_thinking_still_keeps_the_stream_alive(make_proxy, fake):
+    fake.configure(thinking=["deliberating " * 12], thinking_style="think", chunk_chars=2, chunk_delay=0.02,
+                   answer="Done.")
+    proxy = make_proxy(PING_INTERVAL_SECONDS=0.2)
+    events = raw_events(proxy, {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": ASK})
+    names = [name for name, _ in events]
+    assert names.count("ping") >= 3 and "thinking_delta" not in str(events) and names[-1] == "message_stop"
+
+
 # ------------------------------------------------------------------ tools, the way Claude Code uses them
 
 SYSTEM = [

@@ -260,6 +260,20 @@ def test_usage_and_the_accumulated_message():
     assert message["usage"]["input_tokens"] == 40, "usage_of: prompt minus cached"
 
 
+def test_thinking_nobody_asked_for_is_left_out():
+    translator = ast.EventTranslator("msg_1", "claude-x", show_thinking=False)
+    events = translator.start() + translator.feed(chunk(reasoning="hidden")) + translator.feed(chunk("Hi"))
+    assert shape(events + translator.finish()) == [
+        ("message_start",), ("start", 0, "text"), ("text_delta", 0, "Hi"), ("stop", 0),
+        ("message_delta", "end_turn", None), ("message_stop",)]
+
+
+@pytest.mark.parametrize(("thinking", "asked"), [(None, False), ({"type": "enabled"}, True),
+                                                 ({"type": "adaptive"}, True), ({"type": "disabled"}, False)])
+def test_whether_thinking_was_asked_for(thinking, asked):
+    assert parse(thinking=thinking).thinking is asked
+
+
 def test_usage_is_estimated_when_a_stop_sequence_cuts_the_turn():
     message = ast.accumulate(run([chunk("abcdefgh STOP")], ("STOP",)))
     assert message["usage"] == {"input_tokens": 40, "output_tokens": 3, "cache_creation_input_tokens": 0,
