@@ -47,7 +47,7 @@ def create_message() -> Response:
         anthropic_messages.prompt_text(chat, gw.settings.MAX_HISTORY_MESSAGES), chat.media)
     turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
     translator = EventTranslator(f"msg_{uuid.uuid4().hex[:24]}", request.model, request.stop_sequences, estimate,
-                                 show_thinking=request.thinking or choice.thinking is True)
+                                 show_thinking=request.thinking or choice.thinking is True, prefill=request.prefill)
     if chat.stream:
         return Response(_stream(turn, translator, gw.settings.PING_INTERVAL_SECONDS),
                         mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})

@@ -44,6 +44,9 @@ class MessagesRequest:
     #: The client asked for thinking (``enabled`` or ``adaptive``); without it, as Anthropic's API does, answers
     #: carry no thinking blocks unless the model id asks for thinking (``-thinking``).
     thinking: bool = False
+    #: A final assistant message to continue ("prefill"): the model is asked to start with it, and the
+    #: answer is what follows it.
+    prefill: str = ""
 
 
 # --------------------------------------------------------------------------- models
@@ -74,9 +77,10 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model: Field required (a Qwen model id or a Claude model name).", param="model")
+    messages, prefill = _prefill(_messages(body.get("messages")))
     chat_body: dict[str, Any] = {
         "model": model,
-        "messages": [*_system(body.get("system")), *_messages(body.get("messages"))],
+        "messages": [*_system(body.get("system")), *messages],
         "stream": False if counting else _typed(body, "stream", bool, False),
     }
     if not counting:
@@ -91,7 +95,7 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
     # Usage always: message_delta carries it, streamed or not.
     chat = dataclasses.replace(chat, include_usage=True)
     thinking = isinstance(body.get("thinking"), Mapping) and body["thinking"].get("type") in ("enabled", "adaptive")
-    return MessagesRequest(chat, model.strip(), _stop_sequences(body.get("stop_sequences")), thinking)
+    return MessagesRequest(chat, model.strip(), _stop_sequences(body.get("stop_sequences")), thinking, prefill)
 
 
 def _typed(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -148,6 +152,26 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             raise InvalidRequest(f"{where}.content: must be a string or an array of blocks.",
                                  param=f"{where}.content")
     return out
+
+
+def _prefill(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """A last assistant message of plain text becomes a request to start the reply with it.
+
+    The site takes one user message per turn and always answers anew, so the
+    text is asked for in the last user message (whose media stay the newest)
+    and taken off the answer again by ``anthropic_stream.EventTranslator``.
+    """
+    last = messages[-1]
+    if last["role"] != "assistant" or last.get("tool_calls") or not last["content"].strip() or len(messages) < 2:
+        return messages, ""
+    prefill, rest = last["content"].rstrip(), messages[:-1]
+    ask = f"Start your reply with exactly the following text, and continue it:\n{prefill}"
+    before = rest[-1]
+    if before["role"] != "user":
+        return [*rest, {"role": "user", "content": ask}], prefill
+    content = before["content"]
+    content = f"{content}\n\n{ask}" if isinstance(content, str) else [*content, {"type": "text", "text": ask}]
+    return [*rest[:-1], {**before, "content": content}], prefill
 
 
 def _block(block: Any, where: str) -> Mapping[str, Any]:

@@ -137,6 +137,28 @@ def tool_use_id(call_id: str) -> str:
     return "toolu_" + call_id.removeprefix("call_")
 
 
+class PrefixTrimmer:
+    """Takes ``prefix`` off the start of streamed text if the text starts with it (leading whitespace aside)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self._buf = prefix.strip(), ""
+        self.done = not self.prefix
+
+    def feed(self, text: str) -> str:
+        if self.done:
+            return text
+        self._buf += text
+        head = self._buf.lstrip()
+        if len(head) < len(self.prefix) and self.prefix.startswith(head):
+            return ""  # still undecided
+        return self.flush()
+
+    def flush(self) -> str:
+        buf, self._buf, self.done = self._buf, "", True
+        head = buf.lstrip()
+        return head[len(self.prefix):] if head.startswith(self.prefix) else buf
+
+
 class EventTranslator:
     """OpenAI chunks of one turn → Messages stream events.
 
@@ -147,8 +169,9 @@ class EventTranslator:
     """
 
     def __init__(self, message_id: str, model: str, stop_sequences: Sequence[str] = (),
-                 input_tokens: int = 0, show_thinking: bool = True) -> None:
+                 input_tokens: int = 0, show_thinking: bool = True, prefill: str = "") -> None:
         self.id, self.model, self.input_tokens = message_id, model, input_tokens
+        self._prefill = PrefixTrimmer(prefill)
         self.show_thinking = show_thinking  # off: thinking nobody asked for is left out, as Anthropic's API does
         self._stops = StopScanner(stop_sequences)
         self._open: str | None = None  # type of the block being written
@@ -185,7 +208,7 @@ class EventTranslator:
         if delta.get("reasoning_content") and self.show_thinking:
             out += self._thinking_delta(delta["reasoning_content"])
         if delta.get("content"):
-            out += self._text(self._stops.feed(delta["content"]))
+            out += self._text(self._stops.feed(self._prefill.feed(delta["content"])))
         for call in delta.get("tool_calls") or ():
             out += self._tool_call(call)
         if delta.get("annotations") and self._open == "text":
@@ -242,7 +265,8 @@ class EventTranslator:
         return out + [{"type": "content_block_stop", "index": self._index}]
 
     def finish(self) -> list[dict[str, Any]]:
-        out = self._text(self._stops.flush()) + self._close()
+        held = "" if self.stopped else self._stops.feed(self._prefill.flush())
+        out = self._text(held + self._stops.flush()) + self._close()
         if self.stopped:
             reason, sequence = "stop_sequence", self._stops.found
         else:

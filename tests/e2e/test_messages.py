@@ -154,6 +154,20 @@ def test_hidden_thinking_still_keeps_the_stream_alive(make_proxy, fake):
     assert names.count("ping") >= 3 and "thinking_delta" not in str(events) and names[-1] == "message_stop"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_prefill_is_continued_not_repeated(claude, fake, stream):
+    fake.configure(answer='{"city": "Paris", "population": 2102650}', chunk_chars=3)
+    kwargs = {"model": "claude-sonnet-4-5", "max_tokens": 100,
+              "messages": [{"role": "user", "content": "Paris as JSON."}, {"role": "assistant", "content": "{"}]}
+    if stream:
+        with claude.messages.stream(**kwargs) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**kwargs)
+    assert json.loads("{" + message.content[0].text) == {"city": "Paris", "population": 2102650}
+    assert sent(fake)[-1]["content"].endswith("Start your reply with exactly the following text, and continue it:\n{")
+
+
 # ------------------------------------------------------------------ tools, the way Claude Code uses them
 
 SYSTEM = [

@@ -135,6 +135,36 @@ def test_invalid_bodies_name_the_field(body, param):
     assert info.value.param == param and info.value.status == 400
 
 
+@pytest.mark.parametrize(("messages", "prefill", "last"), [
+    ([{"role": "user", "content": "JSON please"}, {"role": "assistant", "content": "{ "}], "{",
+     ("user", "JSON please\n\nStart your reply with exactly the following text, and continue it:\n{")),
+    ([{"role": "user", "content": [{"type": "text", "text": "Q"}]}, {"role": "assistant", "content": "A:"}], "A:",
+     ("user", "Q\nStart your reply with exactly the following text, and continue it:\nA:")),
+    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "   "}], "", ("assistant", "   ")),
+    ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "LS", "input": {}}]}], "", None),
+])
+def test_prefill(messages, prefill, last):
+    request = parse(messages=messages, tools=[{"name": "LS", "input_schema": {"type": "object"}}])
+    assert request.prefill == prefill
+    if last is not None:
+        assert request.chat.messages[-1] == last
+
+
+@pytest.mark.parametrize(("prefix", "pieces", "out"), [
+    ("{", ['{"a"', ": 1}"], '"a": 1}'),
+    ("{", ["\n", " {", '"a":1}'], '"a":1}'),
+    ("Answer:", ["Ans", "wer: 42"], " 42"),
+    ("Answer:", ["Ans", "wer:"], ""),  # the whole answer is the prefill
+    ("Answer:", ["Ans", "wer"], "Answer"),  # cut short of it: passed whole
+    ("Answer:", ["An", "other"], "Another"),  # not repeated: passed whole
+    ("", ["x"], "x"),
+])
+def test_prefix_trimmer(prefix, pieces, out):
+    trimmer = ast.PrefixTrimmer(prefix)
+    assert "".join(trimmer.feed(p) for p in pieces) + trimmer.flush() == out
+
+
 def test_count_tokens_bodies_need_no_max_tokens():
     request = am.parse_messages_request({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "a"}]},
                                         counting=True)
