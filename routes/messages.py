@@ -40,9 +40,8 @@ def create_message() -> Response:
     gw = gateway()
     request = anthropic_messages.parse_messages_request(json_body())
     chat = request.chat
-    choice, headers = _choose(gw, request)
-    choice, fallback = vision_model(gw, chat, choice, site_models())
-    headers.update(fallback)
+    choice, headers = vision_model(gw, chat, _choose(gw, request), site_models())
+    headers = {"X-Qwen-Model": choice.upstream.id, **headers}
     estimate = anthropic_messages.estimate_tokens(
         anthropic_messages.prompt_text(chat, gw.settings.MAX_HISTORY_MESSAGES), chat.media)
     turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
@@ -67,13 +66,12 @@ def count_tokens() -> Response:
     return jsonify({"input_tokens": anthropic_messages.estimate_tokens(text, request.chat.media)})
 
 
-def _choose(gw: Gateway, request: anthropic_messages.MessagesRequest) -> tuple[openai_chat.ModelChoice, dict[str, str]]:
-    """The Qwen model for a requested name (ANTHROPIC_MODEL_MAP, Claude names → DEFAULT_MODEL), and a header naming it."""
+def _choose(gw: Gateway, request: anthropic_messages.MessagesRequest) -> openai_chat.ModelChoice:
+    """The Qwen model for a requested name: ANTHROPIC_MODEL_MAP, then Claude names → DEFAULT_MODEL."""
     models = site_models()
     s = gw.settings
     target = anthropic_messages.map_model(request.model, s.ANTHROPIC_MODEL_MAP) or s.DEFAULT_MODEL or models[0].id
-    choice = openai_chat.resolve_model(target, models, s.DEFAULT_MODEL)
-    return choice, {"X-Qwen-Model": choice.upstream.id}
+    return openai_chat.resolve_model(target, models, s.DEFAULT_MODEL)
 
 
 def _collect(turn: Turn, translator: EventTranslator) -> dict[str, Any]:

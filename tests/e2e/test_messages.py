@@ -267,6 +267,19 @@ def test_base64_image(claude, fake):
     assert entry["type"] == "image" and entry["file_type"] == "image/png" and message["content"] == "What is this?"
 
 
+def test_images_on_a_blind_model_fall_back_and_say_so(make_proxy, fake):
+    proxy = make_proxy(VISION_FALLBACK_MODEL="qwen3.7-plus", ANTHROPIC_MODEL_MAP="claude-opus-*=qwen3.8-max")
+    client = anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(PNG).decode()}}
+    raw = client.messages.with_raw_response.create(model="claude-opus-4-1", max_tokens=100,
+                                                   messages=[{"role": "user", "content": [image]}])
+    assert raw.headers["X-Model-Fallback"] == raw.headers["X-Qwen-Model"] == "qwen3.7-plus"
+    assert raw.parse().model == "claude-opus-4-1"
+    text = client.messages.with_raw_response.create(model="claude-opus-4-1", max_tokens=100, messages=ASK)
+    assert text.headers["X-Qwen-Model"] == "qwen3.8-max" and "X-Model-Fallback" not in text.headers
+
+
 def test_url_image(make_proxy, fake, host):
     url = host.serve("/shots/screen.png", PNG)
     proxy = make_proxy(ALLOW_PRIVATE_URLS=True)
