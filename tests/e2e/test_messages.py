@@ -557,3 +557,15 @@ def test_the_web_search_server_tool_uses_the_sites_search(claude, fake, stream):
     assert [(c.type, c.url, c.title) for c in text.citations] == [
         ("web_search_result_location", "https://peps.python.org/pep-0008/", "PEP 8"),
         ("web_search_result_location", "https://docs.python.org/3/", "Python docs")]
+
+
+def test_client_hang_up_closes_the_upstream_stream(proxy, fake):
+    assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
+    fake.configure(answer="x" * 3000, chunk_chars=1, chunk_delay=0.01)
+    resp = requests.post(proxy.url + "/v1/messages", stream=True, timeout=20, headers={"x-api-key": API_KEY},
+                         json={"model": "claude-sonnet-4-5", "max_tokens": 5000, "messages": ASK, "stream": True})
+    chunks = resp.iter_content(chunk_size=None)
+    assert next(chunks).startswith(b"event: message_start") and next(chunks)
+    assert fake.open_streams == 1
+    resp.close()
+    assert fake.wait_streams_closed(timeout=5)
