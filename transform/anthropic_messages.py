@@ -17,6 +17,7 @@ import dataclasses
 import fnmatch
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ MAX_STOP_SEQUENCES, MAX_STOP_SEQUENCE_CHARS = 64, 1000
 IMAGE_TOKENS = 1000
 DOCUMENT_BYTES_PER_TOKEN = 6
 _ROLES = ("user", "assistant")
+#: The key that carries a Messages path (``messages.2.content.1``) through the chat parser, for its errors.
+WHERE = "_where"
 _SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking", "server_tool_use", "web_search_tool_result"})
 
 
@@ -91,11 +94,34 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
     chat_body.update(_thinking(body.get("thinking")))
     chat_body.update(_tools(body.get("tools"), body.get("tool_choice")))
     _typed(body, "metadata", Mapping, None)  # accepted (user_id); nothing upstream takes it
-    chat = openai_chat.parse_chat_request(chat_body)
+    try:
+        chat = openai_chat.parse_chat_request(chat_body)
+    except InvalidRequest as exc:
+        raise _in_messages_terms(exc, chat_body["messages"]) from None
     # Usage always: message_delta carries it, streamed or not.
     chat = dataclasses.replace(chat, include_usage=True)
     thinking = isinstance(body.get("thinking"), Mapping) and body["thinking"].get("type") in ("enabled", "adaptive")
     return MessagesRequest(chat, model.strip(), _stop_sequences(body.get("stop_sequences")), thinking, prefill)
+
+
+_CHAT_FIELDS = ((".image_url.url", ".source.url"), (".file.file_data", ".source.data"))
+_CHAT_PATH = re.compile(r"messages\[(\d+)\](?:\.content\[(\d+)\])?")
+
+
+def _in_messages_terms(exc: InvalidRequest, messages: Sequence[Mapping[str, Any]]) -> InvalidRequest:
+    """The chat parser's error, with its path (``messages[3].content[0]``) as the client's Messages path."""
+    def where(found: re.Match[str]) -> str:
+        message = messages[int(found.group(1))] if int(found.group(1)) < len(messages) else {}
+        content = message.get("content")
+        if found.group(2) is not None and isinstance(content, list) and int(found.group(2)) < len(content):
+            return str(content[int(found.group(2))].get(WHERE) or found.group(0))
+        return str(message.get(WHERE) or found.group(0))
+
+    param = _CHAT_PATH.sub(where, exc.param) if exc.param else exc.param
+    message = _CHAT_PATH.sub(where, exc.message)
+    for chat_field, field in _CHAT_FIELDS:
+        message = message.replace(chat_field, field)
+    return InvalidRequest(message, code=exc.code, param=param)
 
 
 def _typed(body: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -144,10 +170,11 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             raise InvalidRequest(f"{where}: must be an object with role 'user' or 'assistant'.", param=where)
         content = message.get("content")
         if isinstance(content, str):
-            out.append({"role": message["role"], "content": content})
+            out.append({"role": message["role"], "content": content, WHERE: where})
         elif isinstance(content, list):
             blocks = [_block(b, f"{where}.content.{j}") for j, b in enumerate(content)]
-            out += _assistant(blocks) if message["role"] == "assistant" else _user(blocks)
+            translated = _assistant(blocks) if message["role"] == "assistant" else _user(blocks)
+            out += [{**m, WHERE: where} for m in translated]
         else:
             raise InvalidRequest(f"{where}.content: must be a string or an array of blocks.",
                                  param=f"{where}.content")
@@ -177,14 +204,14 @@ def _prefill(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]
 def _block(block: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(block, Mapping) or not isinstance(block.get("type"), str):
         raise InvalidRequest(f"{where}: must be an object with a 'type'.", param=where)
-    return {**block, "_where": where}
+    return {**block, WHERE: where}
 
 
 def _assistant(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Text and ``tool_use`` blocks as one assistant message with ``tool_calls``; thinking is not history."""
     texts, calls = [], []
     for block in blocks:
-        kind, where = block["type"], block["_where"]
+        kind, where = block["type"], block[WHERE]
         if kind == "text":
             texts.append(_text_of(block, where))
         elif kind == "tool_use":
@@ -208,11 +235,11 @@ def _user(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     for block in blocks:
         if block["type"] == "tool_result":
-            text, images = _tool_result(block, block["_where"])
+            text, images = _tool_result(block, block[WHERE])
             results.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id") or ""), "content": text})
             parts += images  # the site sees images only in the newest user message
         elif block["type"] not in _SKIPPED_BLOCKS:
-            parts.append(_part(block, block["_where"]))
+            parts.append(_part(block, block[WHERE]))
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
 
@@ -224,7 +251,7 @@ def _tool_result(block: Mapping[str, Any], where: str) -> tuple[str, list[dict[s
     elif isinstance(content, list):
         for j, item in enumerate(content):
             inner = _block(item, f"{where}.content.{j}")
-            part = _part(inner, inner["_where"])
+            part = _part(inner, inner[WHERE])
             if part["type"] == "text":
                 texts.append(part["text"])
             else:
@@ -238,7 +265,11 @@ def _tool_result(block: Mapping[str, Any], where: str) -> tuple[str, list[dict[s
 
 
 def _part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """One user block as an OpenAI content part: text, image_url or file."""
+    """One user block as an OpenAI content part (text, image_url or file), tagged with its Messages path."""
+    return {**_content_part(block, where), WHERE: where}
+
+
+def _content_part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     kind = block["type"]
     if kind == "text":
         return {"type": "text", "text": _text_of(block, where)}

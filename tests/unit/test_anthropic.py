@@ -165,6 +165,22 @@ def test_prefix_trimmer(prefix, pieces, out):
     assert "".join(trimmer.feed(p) for p in pieces) + trimmer.flush() == out
 
 
+@pytest.mark.parametrize(("messages", "param", "words"), [
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "LS"}]},
+      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r"},
+                                   {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                "data": "not base64!"}}]}],
+     "messages.2.content.1", "messages.2.content.1: the data is not valid base64"),
+    ([{"role": "user", "content": [{"type": "text", "text": "x"},
+                                   {"type": "image", "source": {"type": "url", "url": "ftp://x/a.png"}}]}],
+     "messages.0.content.1", "messages.0.content.1.source.url must be an http(s) URL"),
+])
+def test_media_errors_name_the_messages_path(messages, param, words):
+    with pytest.raises(InvalidRequest) as info:
+        parse(system="be brief", messages=messages)
+    assert info.value.param == param and words in info.value.message and "[" not in info.value.message
+
+
 def test_count_tokens_bodies_need_no_max_tokens():
     request = am.parse_messages_request({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "a"}]},
                                         counting=True)
