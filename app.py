@@ -48,7 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     chats = Conversations(client, settings, uploader)
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats)
     install_redaction(settings)
-    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
+                              "request-id", "X-Qwen-Model"], max_age=600)
     app.register_blueprint(chat_bp)
     app.register_blueprint(images_videos_bp)
     app.register_blueprint(messages_bp)

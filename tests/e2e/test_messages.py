@@ -40,6 +40,15 @@ def test_create_answers_a_message(claude, fake):
     assert request.json["model"] == "qwen3.7-plus", "Claude names run on the default model"
 
 
+def test_the_beta_surface_claude_code_uses(claude, fake):
+    """Claude Code calls POST /v1/messages?beta=true with anthropic-beta flags."""
+    message = claude.beta.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK,
+                                          betas=["interleaved-thinking-2025-05-14", "claude-code-20250219"])
+    assert message.content[0].text == "Hello from fake Qwen." and message.stop_reason == "end_turn"
+    with claude.beta.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=ASK) as stream:
+        assert stream.get_final_message().content[0].text == "Hello from fake Qwen."
+
+
 def test_api_key_and_bearer_token_are_both_accepted(proxy, fake):
     for client in (anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0),
                    anthropic.Anthropic(base_url=proxy.url, auth_token=API_KEY, max_retries=0)):
