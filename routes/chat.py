@@ -93,8 +93,10 @@ def refresh_token() -> Response:
 
 @bp.get("/v1/models")
 @bp.get("/models")
-def listsite_models() -> tuple[Response, int, dict[str, str]]:
+def listsite_models() -> tuple[Response, int, dict[str, str]] | Response:
     authenticate()
+    if messages.wants_anthropic_models():  # the anthropic SDK's client.models.list()
+        return messages.anthropic_models()
     models = site_models()
     # Say where the list came from: the site, or the built-in list when the site is unreachable.
     headers = {"X-Models-Source": gateway().catalog.source}
@@ -103,8 +105,10 @@ def listsite_models() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/models/<path:model_id>")
-def get_model(model_id: str) -> Response:
+def get_model(model_id: str) -> Response | tuple[Response, int, dict[str, str]]:
     authenticate()
+    if messages.wants_anthropic_models():
+        return messages.anthropic_models(model_id)
     for entry in openai_chat.openai_model_list(site_models()):
         if entry["id"].lower() == model_id.lower():
             return jsonify(entry)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from errors import ProxyError
@@ -38,15 +38,15 @@ PING = encode_event({"type": "ping"})
 def create_message() -> Response:
     identity = authenticate()  # x-api-key or Authorization: Bearer; anthropic-version is accepted as sent
     gw = gateway()
-    request = anthropic_messages.parse_messages_request(json_body())
-    chat = request.chat
-    choice, headers = vision_model(gw, chat, _choose(gw, request), site_models())
+    asked = anthropic_messages.parse_messages_request(json_body())
+    chat = asked.chat
+    choice, headers = vision_model(gw, chat, _choose(gw, asked), site_models())
     headers = {"X-Qwen-Model": choice.upstream.id, **headers}
     estimate = anthropic_messages.estimate_tokens(
         anthropic_messages.prompt_text(chat, gw.settings.MAX_HISTORY_MESSAGES), chat.media)
     turn = open_turn(gw, fetch_media(gw, chat), choice, identity)
-    translator = EventTranslator(f"msg_{uuid.uuid4().hex[:24]}", request.model, request.stop_sequences, estimate,
-                                 show_thinking=request.thinking or choice.thinking is True, prefill=request.prefill)
+    translator = EventTranslator(f"msg_{uuid.uuid4().hex[:24]}", asked.model, asked.stop_sequences, estimate,
+                                 show_thinking=asked.thinking or choice.thinking is True, prefill=asked.prefill)
     if chat.stream:
         return Response(_stream(turn, translator, gw.settings.PING_INTERVAL_SECONDS),
                         mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
@@ -60,17 +60,43 @@ def count_tokens() -> Response:
     """An estimate of the prompt's tokens: the text a fresh upstream chat would get, plus media (see README)."""
     authenticate()
     gw = gateway()
-    request = anthropic_messages.parse_messages_request(json_body(), counting=True)
-    _choose(gw, request)  # an unknown model is a 404 here too
-    text = anthropic_messages.prompt_text(request.chat, gw.settings.MAX_HISTORY_MESSAGES)
-    return jsonify({"input_tokens": anthropic_messages.estimate_tokens(text, request.chat.media)})
+    asked = anthropic_messages.parse_messages_request(json_body(), counting=True)
+    _choose(gw, asked)  # an unknown model is a 404 here too
+    text = anthropic_messages.prompt_text(asked.chat, gw.settings.MAX_HISTORY_MESSAGES)
+    return jsonify({"input_tokens": anthropic_messages.estimate_tokens(text, asked.chat.media)})
 
 
-def _choose(gw: Gateway, request: anthropic_messages.MessagesRequest) -> openai_chat.ModelChoice:
+def wants_anthropic_models() -> bool:
+    """The anthropic SDK (and Claude Code) send ``anthropic-version``; they get the Models API shape."""
+    return bool(request.headers.get("anthropic-version"))
+
+
+def anthropic_models(model_id: str | None = None) -> Response | tuple[Response, int, dict[str, str]]:
+    """``GET /v1/models`` (and ``/<id>``) for the anthropic SDK: Qwen ids, and Claude names with their target."""
+    try:
+        return _models(model_id)
+    except ProxyError as exc:  # served from the chat blueprint, whose errors are OpenAI's
+        return _proxy_error(exc)
+
+
+def _models(model_id: str | None) -> Response:
+    gw = gateway()
+    models = site_models()
+    created = {variant.lower(): m.created for m in models for variant in openai_chat.model_variants(m)}
+    if model_id is None:
+        return jsonify(anthropic_messages.model_page(
+            [anthropic_messages.model_object(v, m.created) for m in models for v in openai_chat.model_variants(m)]))
+    target = anthropic_messages.map_model(model_id, gw.settings.ANTHROPIC_MODEL_MAP)
+    choice = openai_chat.resolve_model(target or gw.settings.DEFAULT_MODEL or models[0].id, models, gw.settings.DEFAULT_MODEL)
+    runs_on = target or choice.upstream.id
+    return jsonify(anthropic_messages.model_object(model_id.strip(), created.get(runs_on.lower(), 0), runs_on))
+
+
+def _choose(gw: Gateway, asked: anthropic_messages.MessagesRequest) -> openai_chat.ModelChoice:
     """The Qwen model for a requested name: ANTHROPIC_MODEL_MAP, then Claude names → DEFAULT_MODEL."""
     models = site_models()
     s = gw.settings
-    target = anthropic_messages.map_model(request.model, s.ANTHROPIC_MODEL_MAP) or s.DEFAULT_MODEL or models[0].id
+    target = anthropic_messages.map_model(asked.model, s.ANTHROPIC_MODEL_MAP) or s.DEFAULT_MODEL or models[0].id
     return openai_chat.resolve_model(target, models, s.DEFAULT_MODEL)
 
 

@@ -14,6 +14,7 @@ Pure: no I/O, no clock; errors are ``InvalidRequest`` naming the Messages field.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import fnmatch
 import json
 import math
@@ -68,6 +69,20 @@ def map_model(requested: str, table: Sequence[tuple[str, str]]) -> str:
         if fnmatch.fnmatchcase(lowered, pattern.lower()):
             return target
     return "" if lowered.startswith(CLAUDE_PREFIX) else name
+
+
+def model_object(model_id: str, created: int, runs_on: str = "") -> dict[str, Any]:
+    """A Models API entry (``client.models.list/retrieve`` of the anthropic SDK)."""
+    stamp = datetime.datetime.fromtimestamp(max(0, created), datetime.timezone.utc)
+    name = f"{model_id} (runs on {runs_on})" if runs_on and runs_on != model_id else model_id
+    return {"type": "model", "id": model_id, "display_name": name,
+            "created_at": stamp.isoformat().replace("+00:00", "Z")}
+
+
+def model_page(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The whole list as one page: the site offers a few dozen ids at most."""
+    return {"data": list(entries), "has_more": False, "first_id": entries[0]["id"] if entries else None,
+            "last_id": entries[-1]["id"] if entries else None}
 
 
 # --------------------------------------------------------------------------- the body

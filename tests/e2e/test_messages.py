@@ -558,3 +558,20 @@ def test_client_hang_up_closes_the_upstream_stream(proxy, fake):
     assert fake.open_streams == 1
     resp.close()
     assert fake.wait_streams_closed(timeout=5)
+
+
+def test_the_models_api_for_the_anthropic_sdk(make_proxy, fake):
+    proxy = make_proxy(ANTHROPIC_MODEL_MAP="claude-opus-*=qwen3.8-max")
+    client = anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0)
+    page = client.models.list()
+    ids = [m.id for m in page.data]
+    assert "qwen3.7-plus" in ids and "qwen3.8-max-thinking" in ids and page.has_more is False
+    assert all(m.type == "model" and m.created_at and m.display_name for m in page.data)
+    opus = client.models.retrieve("claude-opus-4-1")
+    assert (opus.id, opus.display_name) == ("claude-opus-4-1", "claude-opus-4-1 (runs on qwen3.8-max)")
+    assert client.models.retrieve("claude-haiku-4-5").display_name == "claude-haiku-4-5 (runs on qwen3.7-plus)"
+    with pytest.raises(anthropic.NotFoundError) as info:
+        client.models.retrieve("gemini-9")
+    assert info.value.body["error"]["type"] == "not_found_error"
+    openai_shape = requests.get(proxy.url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=20)
+    assert openai_shape.json()["object"] == "list", "OpenAI clients keep their shape"
