@@ -119,6 +119,7 @@ def parse_messages_request(body: Any, counting: bool = False) -> MessagesRequest
     return MessagesRequest(chat, model.strip(), _stop_sequences(body.get("stop_sequences")), thinking, prefill)
 
 
+_ASCII = re.compile(r"[\x00-\x7f]+")
 _CHAT_FIELDS = ((".image_url.url", ".source.url"), (".file.file_data", ".source.data"))
 _CHAT_PATH = re.compile(r"messages\[(\d+)\](?:\.content\[(\d+)\])?")
 
@@ -418,8 +419,8 @@ def estimate_tokens(text: str, media: Sequence[Any] = ()) -> int:
     (the site resizes them); documents one token per
     ``DOCUMENT_BYTES_PER_TOKEN`` bytes of file.
     """
-    ascii_chars = sum(1 for c in text if c < "\x80") if not text.isascii() else len(text)
-    tokens = math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
+    other = 0 if text.isascii() else len(_ASCII.sub("", text))  # C-speed on Claude Code's long prompts
+    tokens = math.ceil((len(text) - other) / 4) + other
     for part in media:
         if part.kind == "image":
             tokens += IMAGE_TOKENS
