@@ -138,25 +138,40 @@ def tool_use_id(call_id: str) -> str:
 
 
 class PrefixTrimmer:
-    """Takes ``prefix`` off the start of streamed text if the text starts with it (leading whitespace aside)."""
+    """Takes ``prefix`` off the start of streamed text if the text starts with it (leading whitespace aside).
+
+    Each piece is compared once against the part of the prefix it may repeat,
+    so the scan is linear however long the prefix or the leading whitespace.
+    """
 
     def __init__(self, prefix: str) -> None:
-        self.prefix, self._buf = prefix.strip(), ""
+        self.prefix = prefix.strip()
         self.done = not self.prefix
+        self._held: list[str] = []  # everything seen while undecided
+        self._matched = 0  # characters of the prefix repeated so far
+        self._started = False  # past the leading whitespace
 
     def feed(self, text: str) -> str:
         if self.done:
             return text
-        self._buf += text
-        head = self._buf.lstrip()
-        if len(head) < len(self.prefix) and self.prefix.startswith(head):
-            return ""  # still undecided
-        return self.flush()
+        self._held.append(text)
+        if not self._started:
+            stripped = text.lstrip()
+            if not stripped:
+                return ""
+            text, self._started = stripped, True
+        size = min(len(text), len(self.prefix) - self._matched)
+        if text[:size] != self.prefix[self._matched:self._matched + size]:
+            return self.flush()  # not a repeat: everything held goes out as it was
+        self._matched += size
+        if self._matched < len(self.prefix):
+            return ""
+        self.done, self._held = True, []
+        return text[size:]
 
     def flush(self) -> str:
-        buf, self._buf, self.done = self._buf, "", True
-        head = buf.lstrip()
-        return head[len(self.prefix):] if head.startswith(self.prefix) else buf
+        held, self._held, self.done = "".join(self._held), [], True
+        return held
 
 
 class EventTranslator:

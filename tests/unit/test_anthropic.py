@@ -181,6 +181,15 @@ def test_media_errors_name_the_messages_path(messages, param, words):
     assert info.value.param == param and words in info.value.message and "[" not in info.value.message
 
 
+def test_prefix_trimmer_is_linear():
+    started = time.monotonic()
+    trimmer = ast.PrefixTrimmer("x" * 200_000)
+    out = "".join(trimmer.feed(" " * 7) for _ in range(30_000)) + "".join(trimmer.feed("x" * 7) for _ in range(28_000))
+    assert out == "" and not trimmer.done
+    assert trimmer.flush() == " " * 210_000 + "x" * 196_000
+    assert time.monotonic() - started < 2.0
+
+
 def test_count_tokens_bodies_need_no_max_tokens():
     request = am.parse_messages_request({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "a"}]},
                                         counting=True)
