@@ -297,10 +297,17 @@ class EventTranslator:
 # --------------------------------------------------------------------------- whole messages
 
 
+#: Deltas that extend their block, and the field that carries the piece.
+_PIECES = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
 def accumulate(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The message a stream of events adds up to, as the SDK's accumulator builds it (non-stream answers)."""
+    """The message a stream of events adds up to, as the SDK's accumulator builds it (non-stream answers).
+
+    Pieces are joined once per block (at its stop), so a long answer costs linear time.
+    """
     message: dict[str, Any] = {}
-    partial: dict[int, list[str]] = {}
+    pieces: dict[int, list[str]] = {}
     for event in events:
         kind = event["type"]
         if kind == "message_start":
@@ -308,30 +315,27 @@ def accumulate(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         elif kind == "content_block_start":
             message["content"].append(dict(event["content_block"]))
         elif kind == "content_block_delta":
-            _apply(message["content"][event["index"]], event["delta"], partial.setdefault(event["index"], []))
+            block, delta = message["content"][event["index"]], event["delta"]
+            if delta["type"] in _PIECES:
+                pieces.setdefault(event["index"], []).append(delta[_PIECES[delta["type"]]])
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
+            elif delta["type"] == "citations_delta":
+                block.setdefault("citations", []).append(delta["citation"])
         elif kind == "content_block_stop":
-            block = message["content"][event["index"]]
-            if block["type"] == "tool_use":
-                text = "".join(partial.get(event["index"], []))
-                block["input"] = json.loads(text) if text.strip() else {}
+            _settle(message["content"][event["index"]], "".join(pieces.pop(event["index"], [])))
         elif kind == "message_delta":
             message.update(event["delta"])
             message["usage"] = {**message["usage"], **event["usage"]}
     return message
 
 
-def _apply(block: dict[str, Any], delta: Mapping[str, Any], partial: list[str]) -> None:
-    kind = delta["type"]
-    if kind == "text_delta":
-        block["text"] += delta["text"]
-    elif kind == "thinking_delta":
-        block["thinking"] += delta["thinking"]
-    elif kind == "signature_delta":
-        block["signature"] = delta["signature"]
-    elif kind == "input_json_delta":
-        partial.append(delta["partial_json"])
-    elif kind == "citations_delta":
-        block.setdefault("citations", []).append(delta["citation"])
+def _settle(block: dict[str, Any], joined: str) -> None:
+    """A block's deltas, joined, into its field (tool input parsed as JSON)."""
+    if block["type"] == "tool_use":
+        block["input"] = json.loads(joined) if joined.strip() else {}
+    elif block["type"] in ("text", "thinking"):
+        block[block["type"]] += joined
 
 
 def encode_event(event: Mapping[str, Any]) -> bytes:

@@ -335,6 +335,12 @@ def test_usage_is_estimated_when_a_stop_sequence_cuts_the_turn():
                                 "cache_read_input_tokens": 0}
 
 
+def test_accumulating_a_long_answer_is_linear():
+    started = time.monotonic()
+    message = ast.accumulate(run([chunk("x" * 8)] * 100_000 + [chunk(finish="stop")]))
+    assert len(message["content"][0]["text"]) == 800_000 and time.monotonic() - started < 5
+
+
 def test_encode_event():
     assert ast.encode_event({"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
 
