@@ -26,8 +26,10 @@ from config import ConfigError, Settings, load_settings
 from errors import ProxyError, echo
 from identity_pool import IdentityPool, new_session
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
-from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp
+from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
 from routes import MemoryResponseStore, responses_bp
+from routes.messages import PATH_PREFIX as MESSAGES_PATH
+from routes.messages import http_error as messages_http_error
 
 logger = logging.getLogger("qwen2openai")
 
@@ -51,10 +53,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     responses = MemoryResponseStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS)  # Responses API, by id
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses)
     install_redaction(settings)
-    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
+                              "request-id", "X-Qwen-Model"], max_age=600)
     app.register_blueprint(chat_bp)
     app.register_blueprint(images_videos_bp)
     app.register_blueprint(responses_bp)
+    app.register_blueprint(messages_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
@@ -127,6 +131,8 @@ def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]
         message = f"The request body is larger than {limit:g} MB (MAX_REQUEST_MB)."
     else:
         message = exc.description or exc.name
+    if request.path.startswith(MESSAGES_PATH):  # the Anthropic SDK reads its own error shape
+        return messages_http_error(code, message)
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": exc.name.lower().replace(" ", "_")}
     return jsonify({"error": error}), code, ProxyError(message).headers()
 

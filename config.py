@@ -47,6 +47,10 @@ class Settings:
     COOKIE_FILE: str = str(BASE_DIR / "cookie.txt")
     #: Model that OpenAI names such as ``gpt-4o`` map to; empty = the site's first model.
     DEFAULT_MODEL: str = ""
+    #: Anthropic model names → Qwen model ids, for /v1/messages (Claude Code): shell-style patterns, first match
+    #: wins, e.g. {"claude-opus-*": "qwen3.8-max", "claude-haiku-*": "qwen3.7-plus-fast"}. Claude names that no
+    #: pattern matches run on DEFAULT_MODEL; other names are taken as Qwen ids.
+    ANTHROPIC_MODEL_MAP: tuple[tuple[str, str], ...] = ()
     #: The site takes one message per turn; older history beyond this is dropped.
     MAX_HISTORY_MESSAGES: int = 60
     MAX_REQUEST_MB: float = 20.0
@@ -191,6 +195,19 @@ def _non_negative_number(value: Any) -> float:
     return number
 
 
+def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
+    """A JSON object (config.json, or its text), or ``pattern=model,pattern=model`` (the environment)."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        value = json.loads(value)
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        pairs = [item.split("=", 1) if "=" in item else [item, None] for item in _parse_list(",")(value)]
+    if not all(isinstance(k, str) and k.strip() and isinstance(v, str) for k, v in pairs):
+        raise ValueError('expected {"pattern": "qwen-model-id", ...} or pattern=model,pattern=model')
+    return tuple((k.strip(), v.strip()) for k, v in pairs)
+
+
 def _hosts(value: Any) -> tuple[str, ...]:
     return tuple(h.lower() for h in _parse_list(",")(value))
 
@@ -236,6 +253,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "TOKEN_REFRESH_INTERVAL_HOURS": _positive(float),
     "QWEN_BASE_URL": _base_url,
     "MAX_HISTORY_MESSAGES": _positive(int),
+    "ANTHROPIC_MODEL_MAP": _model_map,
     "MAX_REQUEST_MB": _positive(float),
     "CONNECT_TIMEOUT": _positive(float),
     "READ_TIMEOUT": _positive(float),

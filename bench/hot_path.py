@@ -1,12 +1,14 @@
 """CPU cost of the relay's hot path without sockets: SSE decode → classify → translate → encode.
 
-    python -m bench.hot_path [--events 20000] [--profile] [--tools] [--candidates]
+    python -m bench.hot_path [--events 20000] [--profile] [--tools] [--candidates] [--messages]
 
 Feeds a captured-shape answer stream of one-character events, cut into 400-byte reads, through the
 same functions the proxy uses, and prints events per second and microseconds per event. ``--tools``
 relays the same text through the tool-call translator (a request with ``tools``, an answer without a
 call), which scans every piece of content for the start of a call. ``--candidates`` streams two candidate
 answers interleaved event by event (§14), half of which the translator drops.
+``--messages`` turns the chunks into
+Anthropic Messages events (``/v1/messages``) and encodes those instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 
 from qwen_client.wire import Candidates, SSEDecoder, decode_event
 from routes.turns import encode_event
+from transform.anthropic_stream import EventTranslator
+from transform.anthropic_stream import encode_event as encode_message_event
 from transform.answer import StreamTranslator
 from transform.tool_prompts import parse_agent_spec
 from transform.tool_replies import translator_for
@@ -46,16 +50,20 @@ def _event(i: int, response_id: str = RESPONSE_IDS[0]) -> dict:
             "timestamp": 1787654797}
 
 
-def relay(chunks: list[bytes], tools: bool = False) -> int:
+def relay(chunks: list[bytes], tools: bool = False, messages: bool = False) -> int:
     def plain() -> StreamTranslator:
         return StreamTranslator("chatcmpl-bench", "qwen3.7-plus", 1)
 
     translator = translator_for(parse_agent_spec(TOOLS), plain, lambda: "call_bench") if tools else plain()
+    events = EventTranslator("msg_bench", "claude-sonnet-4-5", ("\nEND",)) if messages else None
     sent = 0
     candidates = Candidates()
     for data in SSEDecoder().iter_payloads(chunks):
         for chunk in translator.feed(decode_event(data, candidates)):
-            sent += len(encode_event(chunk))
+            if events is None:
+                sent += len(encode_event(chunk))
+            else:
+                sent += sum(len(encode_message_event(event)) for event in events.feed(chunk))
     return sent
 
 
@@ -65,20 +73,21 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tools", action="store_true", help="through the tool-call translator")
     parser.add_argument("--candidates", action="store_true", help="two candidate answers, interleaved")
+    parser.add_argument("--messages", action="store_true", help="as Anthropic Messages events")
     args = parser.parse_args()
     ids = RESPONSE_IDS if args.candidates else RESPONSE_IDS[:1]
     events = [_created(i) for i in range(len(ids))] + [_event(i, ids[i % len(ids)]) for i in range(args.events)]
     body = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events)
     chunks = [body[i:i + 400] for i in range(0, len(body), 400)]
     start = time.perf_counter()
-    relay(chunks, args.tools)
+    relay(chunks, args.tools, args.messages)
     elapsed = time.perf_counter() - start
     figures = {"events_per_s": args.events / elapsed, "us_per_event": elapsed / args.events * 1e6}
     print(f"{figures['events_per_s']:.0f} events/s, {figures['us_per_event']:.1f} µs per event")
     print(json.dumps(figures))
     if args.profile:
         profiler = cProfile.Profile()
-        profiler.runcall(relay, chunks, args.tools)
+        profiler.runcall(relay, chunks, args.tools, args.messages)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
 
 

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from config import __version__
 from errors import InvalidRequest, ModelNotFound, ProxyError, echo
 from routes.gateway import authenticate, gateway, json_body, site_models
+from routes import messages
 from routes.images_videos import generation_chat
 from routes.turns import SSE_HEADERS, fetch_media, open_turn, sse, vision_model
 from transform import generation, openai_chat
@@ -23,6 +24,7 @@ ENDPOINTS = [
     "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
     "POST /refresh-token",
     "POST /v1/responses", "GET /v1/responses/<id>", "DELETE /v1/responses/<id>",
+    *messages.ENDPOINTS,
 ]
 
 
@@ -86,8 +88,10 @@ def refresh_token() -> Response:
 
 @bp.get("/v1/models")
 @bp.get("/models")
-def listsite_models() -> tuple[Response, int, dict[str, str]]:
+def listsite_models() -> tuple[Response, int, dict[str, str]] | Response:
     authenticate()
+    if messages.wants_anthropic_models():  # the anthropic SDK's client.models.list()
+        return messages.anthropic_models()
     models = site_models()
     # Say where the list came from: the site, or the built-in list when the site is unreachable.
     headers = {"X-Models-Source": gateway().catalog.source}
@@ -96,8 +100,10 @@ def listsite_models() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/models/<path:model_id>")
-def get_model(model_id: str) -> Response:
+def get_model(model_id: str) -> Response | tuple[Response, int, dict[str, str]]:
     authenticate()
+    if messages.wants_anthropic_models():
+        return messages.anthropic_models(model_id)
     for entry in openai_chat.openai_model_list(site_models()):
         if entry["id"].lower() == model_id.lower():
             return jsonify(entry)

@@ -49,11 +49,13 @@ def authenticate() -> Identity | None:
     """Check the caller; in client mode, return the Qwen identity the caller brought.
 
     Server mode: ``Authorization: Bearer <key>`` or ``x-api-key`` against
-    ``API_KEY`` (open when none is set). Client mode: ``Bearer key;token;cookie``.
+    ``API_KEY`` (open when none is set). Client mode: ``key;token;cookie`` in either header.
     """
     settings = gateway().settings
     bearer = request.headers.get("Authorization", "")
     bearer = bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""
+    # Claude Code sends ANTHROPIC_API_KEY as x-api-key: client mode reads key;token;cookie there too.
+    bearer = bearer or request.headers.get("x-api-key", "").strip()
     key, token, cookie = bearer, "", ""
     if not settings.SERVER_MODE and ";" in bearer:
         key, token, cookie = (bearer.split(";", 2) + ["", ""])[:3]

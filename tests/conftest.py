@@ -6,11 +6,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import pytest
 from openai import OpenAI
 
 from tests.fake_qwen import FakeQwen, FakeQwenServer
-from tests.helpers import ProxyServer
+from tests.helpers import API_KEY, ProxyServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,3 +66,10 @@ def make_proxy(fake_server: FakeQwenServer) -> Iterator[Any]:
 def client(proxy: ProxyServer, fake: FakeQwen) -> OpenAI:
     proxy.app.extensions["qwen2openai"].uploader.forget()  # the reset site no longer has earlier uploads
     return proxy.client()
+
+
+@pytest.fixture
+def claude(proxy: ProxyServer, fake: FakeQwen) -> anthropic.Anthropic:
+    """The official Anthropic client, pointed at the proxy as Claude Code is (ANTHROPIC_BASE_URL)."""
+    proxy.app.extensions["qwen2openai"].uploader.forget()
+    return anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0, timeout=20)
