@@ -194,6 +194,9 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         else:
             raise InvalidRequest(f"{where}.content: must be a string or an array of blocks.",
                                  param=f"{where}.content")
+    if not out:
+        raise InvalidRequest("messages: no message has any content; send at least one text or media block.",
+                             param="messages")
     return out
 
 

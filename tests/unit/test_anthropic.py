@@ -433,3 +433,8 @@ def test_generated_chunk_streams_always_make_a_well_formed_message():
             assert block["type"] in {"text", "thinking", "tool_use"}
             if block["type"] == "thinking":
                 assert block["signature"]
+
+
+def test_messages_whose_blocks_are_all_empty_are_a_400():
+    with pytest.raises(InvalidRequest, match="no message has any content"):
+        am.parse_messages_request({"model": "qwen3.7-plus", "max_tokens": 5, "messages": [{"role": "user", "content": []}]})
