@@ -9,8 +9,10 @@ one handler as an OpenAI error object; ``main`` runs the development server and
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -18,12 +20,16 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
 
 from config import ConfigError, Settings, load_settings
-from errors import ProxyError
+from errors import ProxyError, echo
 from identity_pool import IdentityPool, StoreError, new_session, open_store
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
-from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp
+from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
+from routes import MemoryResponseStore, responses_bp
+from routes.messages import PATH_PREFIX as MESSAGES_PATH
+from routes.messages import http_error as messages_http_error
 
 logger = logging.getLogger("qwen2openai")
 
@@ -48,11 +54,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
     uploader = Uploader(client, state)
     chats = Conversations(client, settings, uploader, state, pool.find)
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats)
+    responses = MemoryResponseStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS)  # Responses API, by id
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses)
     install_redaction(settings)
-    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback"], max_age=600)
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
+                              "request-id", "X-Qwen-Model"], max_age=600)
     app.register_blueprint(chat_bp)
     app.register_blueprint(images_videos_bp)
+    app.register_blueprint(responses_bp)
+    app.register_blueprint(messages_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
@@ -63,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         logger.warning("no Qwen account configured: chat requests will get 503 until one is (see README)")
     if settings.AUTO_REFRESH_TOKEN:
         pool.start_refresher(settings.TOKEN_REFRESH_CHECK_SECONDS)
+    chats.start_janitor()  # deletes idle conversations' chats after CHAT_TTL, traffic or not
     return app
 
 
@@ -73,7 +84,8 @@ class RedactingFilter(logging.Filter):
     """Masks tokens, cookies and API keys in log records before any handler sees them."""
 
     _PATTERNS = (
-        (re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
+        # Anchored at the start of a word run: unanchored, each "eyJ" inside one long run rescans the rest.
+        (re.compile(r"(?<![\w-])eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), "eyJ***"),
         (re.compile(r"(?i)(bearer\s+)\S+"), r"\1***"),
         (re.compile(r"(?i)(token=)[^;\s&]+"), r"\1***"),
     )
@@ -114,23 +126,25 @@ def render_http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]
     """Flask's own 404/405/413 in OpenAI shape instead of HTML."""
     code = exc.code or 500
     if code == 404:
-        message = f"Unknown route {request.method} {request.path}. Endpoints: {', '.join(ENDPOINTS)}."
+        message = f"Unknown route {request.method} {echo(request.path)}. Endpoints: {', '.join(ENDPOINTS)}."
     elif code == 405:
         allowed = ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
-        message = f"Method {request.method} is not allowed on {request.path}; use {allowed or 'another method'}."
+        message = f"Method {request.method} is not allowed on {echo(request.path)}; use {allowed or 'another method'}."
     elif code == 413:
         limit = gateway().settings.MAX_REQUEST_MB
         message = f"The request body is larger than {limit:g} MB (MAX_REQUEST_MB)."
     else:
         message = exc.description or exc.name
+    if request.path.startswith(MESSAGES_PATH):  # the Anthropic SDK reads its own error shape
+        return messages_http_error(code, message)
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": exc.name.lower().replace(" ", "_")}
-    return jsonify({"error": error}), code, {"x-should-retry": "false"}
+    return jsonify({"error": error}), code, ProxyError(message).headers()
 
 
-def render_unexpected_error(exc: Exception) -> tuple[Response, int]:
+def render_unexpected_error(exc: Exception) -> tuple[Response, int, dict[str, str]]:
     logger.exception("unhandled error on %s %s", request.method, request.path)
     error = ProxyError("Internal error in the proxy; the server log has the details.")
-    return jsonify(error.to_dict()), 500
+    return jsonify(error.to_dict()), 500, error.headers()  # a bug: an SDK's retry would only repeat it
 
 
 # --------------------------------------------------------------------------- entry points
@@ -168,15 +182,39 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    try:  # before anything starts, so a busy port costs nothing and says what to change
+        listener = listen(settings.HOST, settings.PORT)
+    except OSError as exc:
+        print(listen_error(settings.HOST, settings.PORT, exc), file=sys.stderr)
+        return 1
     configure_logging(settings.DEBUG_MODE)
     try:
         application = create_app(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    with listener:
+        server = make_server(settings.HOST, settings.PORT, application, threaded=True, fd=listener.fileno())
     logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)
-    application.run(host=settings.HOST, port=settings.PORT, threaded=True, debug=False, use_reloader=False)
+    server.serve_forever()  # until Ctrl-C
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The development server's listening socket, bound here so that a failure is ours to explain."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128)
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line that names the setting to change, instead of the server library's advice."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the port is in use by another program (another copy of this "
+                f"service?). Stop it, or set PORT (and HOST, if needed) to a free address.")
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: ports below 1024 need privileges. Set PORT to 1024 or above."
+    return f"cannot listen on {where} ({exc.strerror or exc}). Check HOST and PORT."
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ class Settings:
     COOKIE_FILE: str = str(BASE_DIR / "cookie.txt")
     #: Model that OpenAI names such as ``gpt-4o`` map to; empty = the site's first model.
     DEFAULT_MODEL: str = ""
+    #: Anthropic model names → Qwen model ids, for /v1/messages (Claude Code): shell-style patterns, first match
+    #: wins, e.g. {"claude-opus-*": "qwen3.8-max", "claude-haiku-*": "qwen3.7-plus-fast"}. Claude names that no
+    #: pattern matches run on DEFAULT_MODEL; other names are taken as Qwen ids.
+    ANTHROPIC_MODEL_MAP: tuple[tuple[str, str], ...] = ()
     #: The site takes one message per turn; older history beyond this is dropped.
     MAX_HISTORY_MESSAGES: int = 60
     MAX_REQUEST_MB: float = 20.0
@@ -57,6 +61,14 @@ class Settings:
         "(KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
     )
     QWEN_BX_V: str = "2.5.36"
+    #: The Chrome brand list matching QWEN_USER_AGENT, and the browser's languages.
+    QWEN_SEC_CH_UA: str = '"Chromium";v="140", "Not=A?Brand";v="24", "Google Chrome";v="140"'
+    QWEN_ACCEPT_LANGUAGE: str = "en-US,en;q=0.9"
+    #: The anti-bot fingerprint headers of a real browser session (§1.2), sent only when set.
+    QWEN_BX_UA: str = ""
+    QWEN_BX_UMIDTOKEN: str = ""
+    #: Also send ``Authorization: Bearer``; the web app authenticates on the cookie alone (§14, front-end 0.2.81).
+    QWEN_SEND_BEARER: bool = False
     CONNECT_TIMEOUT: float = 10.0
     #: Longest silence tolerated between two bytes of an answer (thinking can be quiet 50 s+).
     READ_TIMEOUT: float = 180.0
@@ -104,8 +116,11 @@ class Settings:
     MAX_CONVERSATIONS: int = 1000
     #: Delete the upstream chats this proxy created once they are no longer needed.
     DELETE_CHATS: bool = True
-    #: Largest turn body sent to the site, in characters; above ~62,000 it answers with a captcha (§11).
-    MAX_TURN_CHARS: int = 60000
+    #: Largest turn body sent to the site, in bytes of UTF-8 as sent: the site answers bodies of about
+    #: 128 KB with a captcha (§11, §14); 112 KiB leaves a margin. Longer context goes as a document.
+    MAX_TURN_BYTES: int = 114_688
+    #: Deprecated (the site counts bytes, not characters): an extra cap in characters; 0 = off.
+    MAX_TURN_CHARS: int = 0
     #: Send context that would make a turn too long as an uploaded text document instead (§7.3).
     OFFLOAD_CONTEXT: bool = True
     #: Hosts generated images and videos may be downloaded from, besides QWEN_BASE_URL's (§1.1).
@@ -187,6 +202,19 @@ def _non_negative_number(value: Any) -> float:
     return number
 
 
+def _model_map(value: Any) -> tuple[tuple[str, str], ...]:
+    """A JSON object (config.json, or its text), or ``pattern=model,pattern=model`` (the environment)."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        value = json.loads(value)
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        pairs = [item.split("=", 1) if "=" in item else [item, None] for item in _parse_list(",")(value)]
+    if not all(isinstance(k, str) and k.strip() and isinstance(v, str) for k, v in pairs):
+        raise ValueError('expected {"pattern": "qwen-model-id", ...} or pattern=model,pattern=model')
+    return tuple((k.strip(), v.strip()) for k, v in pairs)
+
+
 def _hosts(value: Any) -> tuple[str, ...]:
     return tuple(h.lower() for h in _parse_list(",")(value))
 
@@ -205,6 +233,18 @@ def _base_url(value: Any) -> str:
     return url
 
 
+def _header_value(value: Any) -> str:
+    """A header value sent to the site: printable ASCII on one line, as a browser sends it."""
+    text = str(value).strip()
+    if not text or not all(" " <= ch <= "~" for ch in text):
+        raise ValueError("must be a non-empty line of printable ASCII (it is sent as an HTTP header)")
+    return text
+
+
+def _optional_header_value(value: Any) -> str:
+    return _header_value(value) if str(value).strip() else ""
+
+
 def _optional_base_url(value: Any) -> str:
     return _base_url(value) if str(value).strip() else ""
 
@@ -220,6 +260,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "TOKEN_REFRESH_INTERVAL_HOURS": _positive(float),
     "QWEN_BASE_URL": _base_url,
     "MAX_HISTORY_MESSAGES": _positive(int),
+    "ANTHROPIC_MODEL_MAP": _model_map,
     "MAX_REQUEST_MB": _positive(float),
     "CONNECT_TIMEOUT": _positive(float),
     "READ_TIMEOUT": _positive(float),
@@ -228,6 +269,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "MAX_CONCURRENT_REQUESTS": _positive(int),
     "PING_INTERVAL_SECONDS": _positive(float),
     "QWEN_AUTH_URL": _base_url,
+    **{key: _header_value for key in ("QWEN_VERSION", "QWEN_USER_AGENT", "QWEN_BX_V", "QWEN_SEC_CH_UA",
+                                      "QWEN_ACCEPT_LANGUAGE", "QWEN_AUTH_VERSION")},
+    "QWEN_SEND_BEARER": _parse_bool,
+    "QWEN_BX_UA": _optional_header_value,
+    "QWEN_BX_UMIDTOKEN": _optional_header_value,
     "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
     "GLOBAL_LIMITS": _parse_bool,
     "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
@@ -243,7 +289,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "CHAT_TTL": _positive(float),
     "MAX_CONVERSATIONS": _positive(int),
     "DELETE_CHATS": _parse_bool,
-    "MAX_TURN_CHARS": _positive(int),
+    "MAX_TURN_BYTES": _positive(int),
+    "MAX_TURN_CHARS": _non_negative,
     "OFFLOAD_CONTEXT": _parse_bool,
     "MEDIA_HOSTS": _hosts,
     "MEDIA_MAX_MB": _positive(float),
@@ -309,6 +356,9 @@ def load_settings(
             raise ConfigError(f"{key}: {exc} (got {_describe(value)})") from None
     values.setdefault("UPSTREAM_POOL_SIZE", values.get("MAX_CONCURRENT_REQUESTS", Settings.MAX_CONCURRENT_REQUESTS))
     settings = Settings(**values)
+    if settings.MAX_TURN_CHARS:
+        logger.warning("MAX_TURN_CHARS is deprecated: the site's size rule counts bytes; set MAX_TURN_BYTES "
+                       "(default %d) instead", Settings.MAX_TURN_BYTES)
     cookies = settings.COOKIE + read_cookie_file(settings.COOKIE_FILE)
     return dataclasses.replace(settings, COOKIE=tuple(dict.fromkeys(cookies)))
 

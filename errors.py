@@ -23,7 +23,29 @@ Each class carries the HTTP meaning of its failure (status, OpenAI ``type`` and
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+#: The longest ``Retry-After`` (seconds) with which an SDK may retry at once: the official SDKs sleep
+#: for it, twice by default, so anything longer says ``x-should-retry: false`` and is left to callers
+#: that schedule their work. It is the rule for every answer of ours, kept here in one place.
+QUICK_RETRY_SECONDS = 2
+
+#: How much of a client's value an error message quotes back.
+ECHO_LIMIT = 60
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = ECHO_LIMIT
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 3, 3
+
+
+def echo(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """A value the client sent, as an error message quotes it: a short prefix with an ellipsis.
+
+    Every message that repeats input goes through here, so a 10 MB model name
+    gets a 404 of a few hundred bytes, not of 10 MB.
+    """
+    text = value if isinstance(value, str) else _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ProxyError(Exception):
@@ -61,10 +83,19 @@ class ProxyError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        """Headers that tell the ``openai`` SDK whether and when to retry."""
-        headers = {"x-should-retry": "true" if self.retryable else "false"}
-        if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+        """Headers that tell the SDKs whether and when to retry.
+
+        ``x-should-retry: true`` only when an immediate automatic retry can help: the
+        failure is retryable and over within ``QUICK_RETRY_SECONDS``. A challenge, a
+        spent quota or a long cool-down says ``false`` (the official Node SDK would
+        otherwise sleep for any ``Retry-After``, three hours for a spent daily quota),
+        while ``Retry-After`` still tells schedulers the honest time.
+        """
+        retry_after = None if self.retry_after is None else max(1, int(self.retry_after + 0.999))
+        quick = self.retryable and (retry_after is None or retry_after <= QUICK_RETRY_SECONDS)
+        headers = {"x-should-retry": "true" if quick else "false"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         return headers
 
 

@@ -34,6 +34,9 @@ graceful_timeout = 330
 keepalive = 75
 # No preload: the gevent worker patches the standard library first, then imports the app.
 preload_app = False
+# Client mode carries the caller's Qwen cookie in Authorization: browsers send cookies of 8-16 KB,
+# past gunicorn's 8 KB default for one header. 32 KB per header (nginx: large_client_header_buffers).
+limit_request_field_size = 32768
 # Heartbeat files in memory: a container's overlay /tmp can stall them.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 

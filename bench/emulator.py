@@ -29,7 +29,9 @@ from werkzeug.test import EnvironBuilder  # noqa: E402
 from tests.fake_qwen import FakeQwen, make_jwt  # noqa: E402
 
 TOKEN = make_jwt("bench-user")
-HEADERS = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "source": "web"}
+HEADERS = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "source": "web",
+           "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin",
+           "timezone": "Fri Sep 18 2026 12:30:00 GMT+0800", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 

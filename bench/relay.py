@@ -54,7 +54,9 @@ def _first_and_total(resp: requests.Response, is_content, start: float) -> tuple
 
 
 def direct(base: str) -> tuple[float, float]:
-    headers = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "Content-Type": "application/json", "source": "web"}
+    headers = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "Content-Type": "application/json", "source": "web",
+               "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin",
+               "timezone": "Fri Sep 18 2026 12:30:00 GMT+0800", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
     start = time.perf_counter()
     chat = requests.post(base + "/api/v2/chats/new", json={"models": ["qwen3.7-plus"]}, headers=headers).json()
     chat_id = chat["data"]["id"]

@@ -47,7 +47,9 @@ from tests.fake_qwen import make_jwt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = make_jwt("bench-user")
 KEY = "sk-bench-fake"
-SITE_HEADERS = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "Content-Type": "application/json", "source": "web"}
+SITE_HEADERS = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "Content-Type": "application/json", "source": "web",
+                "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin",
+                "timezone": "Fri Sep 18 2026 12:30:00 GMT+0800", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 PROXY_HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 PACED = {"answer": "x" * 20, "chunk_chars": 1, "chunk_delay": 0.02, "split_writes": False}
 # The first answer text of a turn: the site writes `"content": "x"`, the proxy `"content":"x"`.

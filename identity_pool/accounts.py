@@ -107,9 +107,18 @@ class Identity:
                 self._session = new_session(self._pool_size)
             return self._session
 
-    def cookie_header(self) -> str:
-        """The browser cookie with the current token; the site authenticates writes on it (§1.2)."""
+    def cookie_header(self, url: str | None = None) -> str:
+        """The browser cookie jar with the current token; the site authenticates writes on it (§1.2).
+
+        With ``url``, cookies the site has set on this account's session since
+        (its WAF's ``acw_tc`` and the like) are sent too, replacing a configured
+        value of the same name, as a browser's jar would: the site gates writes on
+        the whole jar, not ``token=`` alone (§14). The account's token always wins.
+        """
         cookies = dict(self.cookies)
+        if url is not None and self._session is not None and len(self._session.cookies):
+            fresh = requests.cookies.get_cookie_header(self._session.cookies, requests.Request("GET", url))
+            cookies.update(parse_cookie(fresh or ""))
         if self.token:
             cookies["token"] = self.token
         return "; ".join(f"{k}={v}" for k, v in cookies.items())

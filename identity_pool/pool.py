@@ -457,9 +457,11 @@ class IdentityPool:
         except UpstreamAuthError:
             if not identity.renewable:
                 raise
-            if not self.renew(identity, stale=stale):
-                raise
-            return start(identity)  # once more, with the renewed token
+            # A renewal that works vouches for the account, new token or the same one: one more try
+            # decides, so a spurious refusal does not cost the auth cool-down. Its failure, or a second
+            # refusal, does.
+            self.renew(identity, stale=stale)
+            return start(identity)
 
     # -- tokens ----------------------------------------------------------
 

@@ -13,10 +13,16 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+#: A temp file this old was left by a process that died mid-write; a live write takes milliseconds,
+#: and another worker's write in progress must not lose its file.
+STRAY_AGE = 60.0
+
 
 class TokenStore:
     """Renewed tokens on disk, so a restart does not start from expired ones.
@@ -31,6 +37,21 @@ class TokenStore:
         self.path = Path(path)
         self.backup = self.path.with_name(self.path.name + ".bak")
         self._lock = threading.Lock()
+        self.remove_strays()
+
+    def remove_strays(self, now: float | None = None) -> int:
+        """Delete temp files a killed process left beside the store (they hold tokens); how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        for target in (self.path, self.backup):
+            for stray in target.parent.glob(f".{target.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    if now - stray.stat().st_mtime > STRAY_AGE:
+                        stray.unlink()
+                        removed += 1
+        if removed:
+            logger.info("removed %d stray temp file(s) of the token store %s", removed, self.path)
+        return removed
 
     def load(self) -> dict[str, dict[str, Any]]:
         for candidate in (self.path, self.backup):

@@ -4,7 +4,8 @@
   token renewal, upload calls), ``AnswerStream`` (the answer read in the
   background) and ``ModelCatalog`` (the model list and its cache).
 - ``wire``: what the site's bytes mean, with no I/O: ``SSEDecoder``, the refusal
-  classifier (``classify_payload``, ``error_for_body``, ``error_for_status``) and
+  classifier (``classify_payload``, ``error_for_body``, ``error_for_status``),
+  ``Candidates`` (which of two candidate answers a stream follows, §14) and
   the upload grant (``StsGrant``, ``parse_grant``).
 - ``conversations``: ``Conversations``, which upstream chat a request continues
   (kept in the shared state store, so any worker continues it), and the

@@ -28,6 +28,7 @@ from errors import (
     EmptyResponse,
     InvalidRequest,
     ProxyError,
+    RateLimited,
     ServiceUnavailable,
     UpstreamAuthError,
     UpstreamBroken,
@@ -38,9 +39,12 @@ from identity_pool import new_session
 from qwen_client import oss
 from qwen_client.wire import (
     DONE,
+    Candidates,
     MAX_ERROR_BODY,
+    SIZE_CAPTCHA_BYTES,
     SSEDecoder,
     StsGrant,
+    TurnLimit,
     decode_event,
     encode_body,
     error_for_body,
@@ -48,6 +52,7 @@ from qwen_client.wire import (
     oss_error,
     parse_grant,
     shorten,
+    size_captcha,
 )
 from transform.openai_chat import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
 
@@ -69,13 +74,22 @@ ANSWER_QUEUE_DEPTH = 64
 
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _js_date(now: float) -> str:
-    """The ``timezone`` header as the web app sends it: JS ``Date().toString()`` without the zone name."""
+    """The ``timezone`` header as the web app sends it: JS ``Date().toString()`` without the zone name.
+
+    English names whatever the server's locale, and no zone name (a browser's may be
+    localised): the value stays ASCII, as §14 (front-end 0.2.81) requires.
+    """
     local = time.localtime(now)
     offset = local.tm_gmtoff or 0
     sign = "+" if offset >= 0 else "-"
     hours, minutes = divmod(abs(offset) // 60, 60)
-    return time.strftime("%a %b %d %Y %H:%M:%S", local) + f" GMT{sign}{hours:02d}{minutes:02d}"
+    return (f"{_DAYS[local.tm_wday]} {_MONTHS[local.tm_mon - 1]} {local.tm_mday:02d} {local.tm_year} "
+            f"{local.tm_hour:02d}:{local.tm_min:02d}:{local.tm_sec:02d} GMT{sign}{hours:02d}{minutes:02d}")
 
 
 class QwenClient:
@@ -85,20 +99,31 @@ class QwenClient:
         self.base_url = settings.QWEN_BASE_URL
         self.timeout = (settings.CONNECT_TIMEOUT, settings.READ_TIMEOUT)
         self.settings = settings
+        #: The largest turn body sent (§11, §14); ``Conversations`` fits turns under it, this client enforces it.
+        self.turn_limit = TurnLimit(settings.MAX_TURN_BYTES, settings.MAX_TURN_CHARS)
+        if settings.MAX_TURN_BYTES >= SIZE_CAPTCHA_BYTES:
+            logger.warning("MAX_TURN_BYTES=%d is at or above the site's size captcha (~%d bytes): long turns "
+                           "will be refused by the site instead of sent as a document", settings.MAX_TURN_BYTES,
+                           SIZE_CAPTCHA_BYTES)
         # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
         self.oss_session = new_session(16)
 
     def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
-        """The browser-equivalent header set of §1.2; the site refuses writes without it."""
+        """The browser-equivalent header set of §1.2 and §14; the site refuses writes without it.
+
+        Like the web app (front-end 0.2.81), the account speaks through its whole
+        cookie jar and no ``Authorization`` header unless ``QWEN_SEND_BEARER`` asks for one.
+        """
         s = self.settings
         headers = {
             "Accept": "application/json",
-            "Accept-Language": "en-US,en;q=0.9",
+            "Accept-Language": s.QWEN_ACCEPT_LANGUAGE,
+            "Connection": "keep-alive",
             "Content-Type": "application/json",
             "Origin": self.base_url,
             "Referer": self.base_url + referer,
             "User-Agent": s.QWEN_USER_AGENT,
-            "sec-ch-ua": '"Chromium";v="140", "Not=A?Brand";v="24", "Google Chrome";v="140"',
+            "sec-ch-ua": s.QWEN_SEC_CH_UA,
             "sec-ch-ua-mobile": "?0",
             "sec-ch-ua-platform": '"Windows"',
             "Sec-Fetch-Dest": "empty",
@@ -111,10 +136,13 @@ class QwenClient:
             "x-request-id": str(uuid.uuid4()),
             "X-Accel-Buffering": "no",
         }
+        for name, value in (("bx-ua", s.QWEN_BX_UA), ("bx-umidtoken", s.QWEN_BX_UMIDTOKEN)):
+            if value:
+                headers[name] = value
         if identity is not None:
-            if identity.token and bearer:
+            if identity.token and bearer and s.QWEN_SEND_BEARER:
                 headers["Authorization"] = f"Bearer {identity.token}"
-            headers["Cookie"] = identity.cookie_header()
+            headers["Cookie"] = identity.cookie_header(self.base_url)
         return headers
 
     def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -232,12 +260,35 @@ class QwenClient:
 
         The request is made by the stream's reader thread, so even the wait for the
         site's first byte happens where the caller can send keep-alives meanwhile.
+        A body over ``turn_limit`` is refused here, before it is sent: the site would
+        answer it with its size captcha (§11, §14).
         """
+        body = self.encode_turn(payload)
+
         def post() -> requests.Response:
             return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-                                 data=encode_body(payload), stream=True, referer=f"/c/{chat_id}")
+                                 data=body, stream=True, referer=f"/c/{chat_id}")
 
-        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS)
+        return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS,
+                            explain=self._own_refusal(len(body)))
+
+    def encode_turn(self, payload: Mapping[str, Any]) -> bytes:
+        """A completion body as sent (compact UTF-8 JSON), refused when over ``turn_limit`` (§11, §14)."""
+        body = encode_body(payload)
+        if not self.turn_limit.fits(body):
+            raise self.turn_limit.refusal(body)
+        return body
+
+    def _own_refusal(self, size: int) -> Callable[[Exception], Exception] | None:
+        """How to read a captcha on a body over the site's size rule: as our own 400, never the account's fault.
+
+        Only ``MAX_TURN_BYTES`` set above the rule lets such a body out; a captcha
+        on a body under it is a real challenge of the account.
+        """
+        if size < SIZE_CAPTCHA_BYTES:
+            return None
+        limit = self.turn_limit
+        return lambda exc: size_captcha(size, limit) if is_challenge(exc) else exc
 
     # -- uploads (§7) ---------------------------------------------------
 
@@ -338,17 +389,21 @@ class AnswerStream:
     def __init__(
         self, post: Callable[[], requests.Response] | None = None, label: str = "", *,
         events: Iterator[dict] | None = None, first_wait: float | None = None,
+        explain: Callable[[Exception], Exception] | None = None,
     ) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(ANSWER_QUEUE_DEPTH)
         self._response: requests.Response | None = None
         self._closed = False
         self._decoder = SSEDecoder()
+        self._candidates = Candidates()
         self._seen = 0
         self._end: Any = None  # _END or the error that ended the answer, once the request thread met it
         self._held: list[dict] | None = None  # what peek() took
         self._buffer: collections.deque[dict] = collections.deque()  # what iteration has yet to hand out
         #: How long :meth:`peek` waits for the first events by default.
         self.first_wait = first_wait
+        #: What the error that ended the answer means for this request (see ``QwenClient._own_refusal``).
+        self._explain = explain
         target, source = (self._read, post) if post is not None else (self._pump, events)
         threading.Thread(target=target, args=(source,), name=f"answer {label}", daemon=True).start()
 
@@ -433,13 +488,13 @@ class AnswerStream:
                 return events
         if self._end is _END:
             return []
-        raise self._end
+        raise self._end if self._explain is None else self._explain(self._end)
 
     def _decode(self, payloads: list[bytes]) -> list[dict]:
         events = []
         for data in payloads:
             try:
-                event = decode_event(data)
+                event = decode_event(data, self._candidates)
             except ProxyError as exc:
                 self._end = exc
                 break
@@ -506,6 +561,11 @@ def _read_bounded(resp: requests.Response, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(parts)
+
+
+def is_challenge(exc: BaseException) -> bool:
+    """An x5sec captcha or WAF page (§1.4): what the pool cools an account down for."""
+    return isinstance(exc, RateLimited) and exc.code == "upstream_challenge"
 
 
 def transport_error(exc: requests.RequestException) -> ProxyError:

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from errors import ChatNotFound, InvalidRequest, ProxyError, UpstreamError
 from identity_pool import MemoryStore
+from qwen_client.wire import TurnLimit, encode_body
 from transform import media_parts, openai_chat, tool_prompts
 
 if TYPE_CHECKING:
@@ -44,7 +43,6 @@ logger = logging.getLogger("qwen2openai.conversations")
 
 #: The document that carries context too long to send inline.
 CONTEXT_FILE = "conversation.txt"
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 #: A continuation attempt that fails with one of these falls back to a fresh chat.
 _STALE_CODES = frozenset({"upstream_http_404", "upstream_bad_request"})
 
@@ -63,8 +61,23 @@ def history_keys(messages: Sequence[tuple[str, str]], seed: str) -> list[str]:
 
 def next_key(key: str, role: str, text: str) -> str:
     # Whitespace and echoed <think> blocks differ between clients' copies of the same reply.
-    normal = " ".join(_THINK.sub("", text).split())
+    normal = " ".join(_without_think(text).split())
     return hashlib.sha256(f"{key}\0{role}\0{normal}".encode()).hexdigest()
+
+
+def _without_think(text: str) -> str:
+    """``text`` less its ``<think>…</think>`` blocks, in one pass (a lazy regex rescans on each unclosed tag)."""
+    if "<think>" not in text:
+        return text
+    kept, at = [], 0
+    while (start := text.find("<think>", at)) >= 0:
+        end = text.find("</think>", start + 7)
+        if end < 0:
+            break  # unclosed: kept as it is, like the regex did
+        kept.append(text[at:start])
+        at = end + 8
+    kept.append(text[at:])
+    return "".join(kept)
 
 
 def as_history(chat: openai_chat.ChatRequest) -> tuple[tuple[str, str], ...]:
@@ -166,11 +179,14 @@ class ConversationStore:
 
 
 class ChatJanitor:
-    """Deletes upstream chats by id in a background thread, and sweeps the store while idle.
+    """Deletes upstream chats by id in a background thread, and sweeps expired conversations on a timer.
 
-    The thread starts with the first chat to delete (none at import or for an
-    idle app) and runs as a greenlet under gevent. ``wait_idle`` lets callers
-    (tests, shutdown) wait until every queued deletion is done.
+    ``start()`` (the app factory calls it) starts the thread, a greenlet under
+    gevent like the pool's token refresher; it sweeps every ``interval`` seconds
+    whether or not any traffic comes, so an idle conversation's chat is deleted
+    about ``CHAT_TTL`` after its last turn, as the README promises. ``close()``
+    stops it. ``wait_idle`` lets callers (tests, shutdown) wait until every
+    queued deletion is done.
     """
 
     def __init__(self, client: QwenClient, sweep: Callable[[], None], interval: float = 60.0) -> None:
@@ -179,14 +195,25 @@ class ChatJanitor:
         self._pending = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.deleted = 0
+
+    def start(self) -> None:
+        """Start the background thread (once; a closed janitor stays closed)."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="qwen2openai-janitor", daemon=True)
+                self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._thread is not None and self._thread.is_alive()
 
     def discard(self, identity: Any, chat_id: str) -> None:
         with self._cond:
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="qwen2openai-janitor", daemon=True)
-                self._thread.start()
+        self.start()
         self._queue.put((identity, chat_id))
 
     def wait_idle(self, timeout: float) -> bool:
@@ -195,33 +222,48 @@ class ChatJanitor:
 
     def close(self) -> None:
         with self._cond:
-            thread = self._thread
+            thread, self._closed = self._thread, True
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout=5)
 
     def _run(self) -> None:
+        next_sweep = time.monotonic() + self.interval
         while True:
             try:
-                item = self._queue.get(timeout=self.interval)
+                item = self._queue.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:
-                self._sweep()
-                continue
+                item = ()
             if item is None:
                 return
-            identity, chat_id = item
-            try:
-                self.client.delete_chat(identity, chat_id)
-                self.deleted += 1
-                logger.debug("deleted upstream chat %s of %s", chat_id, identity.label)
-            except ProxyError as exc:
-                logger.info("could not delete upstream chat %s: %s", chat_id, exc.message)
-            finally:
-                if identity.ephemeral:  # a caller's own account: its session was opened just for this
-                    identity.close()
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
+            if time.monotonic() >= next_sweep:  # on time even while deletions keep the queue busy
+                self._tick()
+                next_sweep = time.monotonic() + self.interval
+            if item:
+                try:
+                    self._delete(*item)
+                except Exception:  # the loop must outlive any one bad deletion
+                    logger.exception("deleting an upstream chat failed")
+
+    def _tick(self) -> None:
+        try:
+            self._sweep()
+        except Exception:  # the loop must outlive any one bad sweep
+            logger.exception("sweeping expired conversations failed")
+
+    def _delete(self, identity: Any, chat_id: str) -> None:
+        try:
+            self.client.delete_chat(identity, chat_id)
+            self.deleted += 1
+            logger.debug("deleted upstream chat %s of %s", chat_id, identity.label)
+        except ProxyError as exc:
+            logger.info("could not delete upstream chat %s: %s", chat_id, exc.message)
+        finally:
+            if identity.ephemeral:  # a caller's own account: its session was opened just for this
+                identity.close()
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
 
 
 # --------------------------------------------------------------------------- one request's chat
@@ -232,11 +274,12 @@ class UpstreamChat:
 
     def __init__(
         self, client: QwenClient, identity: Identity, model: str, chat_type: str, config: Mapping[str, Any],
-        max_chars: int, chat_id: str | None = None,
+        chat_id: str | None = None,
     ) -> None:
         self.client, self.identity = client, identity
         self.model, self.chat_type, self.config = model, chat_type, dict(config)
-        self.max_chars, self.chat_id = max_chars, chat_id
+        self.limit: TurnLimit = client.turn_limit
+        self.chat_id = chat_id
 
     def create(self) -> str:
         """``chats/new`` (§4)."""
@@ -250,19 +293,15 @@ class UpstreamChat:
             parent_id=parent_id, files=files,
         )
 
-    def size(self, content: str, files: Sequence[Mapping[str, Any]] = ()) -> int:
-        """How long the turn's body would be, as the site's size rule counts it (§11)."""
-        return body_chars(self._build(content, None, files))
+    def body(self, content: str, files: Sequence[Mapping[str, Any]] = ()) -> bytes:
+        """The turn's body as it would be sent, for the site's size rule, which counts its bytes (§11, §14)."""
+        return encode_body(self._build(content, None, files))
 
     def payload(
         self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
     ) -> dict[str, Any]:
-        """The turn's body, refused before sending when the site would answer it with a captcha (§11)."""
-        payload = self._build(content, parent_id, files)
-        size = body_chars(payload)
-        if size > self.max_chars:
-            raise too_long(size, self.max_chars)
-        return payload
+        """The turn's body; ``QwenClient`` refuses it before sending if it is over the size rule (§11, §14)."""
+        return self._build(content, parent_id, files)
 
     def post(
         self, content: str, parent_id: str | None = None, files: Sequence[Mapping[str, Any]] = ()
@@ -282,20 +321,6 @@ class UpstreamChat:
             events.close()
             raise
         return events
-
-
-def body_chars(payload: Mapping[str, Any]) -> int:
-    """The size the site's rule counts: characters of the body as ``qwen_client.client`` sends it."""
-    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
-
-
-def too_long(size: int, limit: int, tried: str = "") -> InvalidRequest:
-    return InvalidRequest(
-        f"This conversation is too long for the Qwen site: the turn would be {size:,} characters, above "
-        f"MAX_TURN_CHARS ({limit:,}); the site answers larger requests with a captcha{tried}. "
-        "Shorten or summarise the history, or start a new conversation.",
-        param="messages", code="context_length_exceeded",
-    )
 
 
 def context_document(messages: Sequence[tuple[str, str]], max_messages: int, whole: bool) -> str:
@@ -364,7 +389,7 @@ class Conversations:
         self._callers: dict[str, Identity] = {}
         self.store = ConversationStore(state if state is not None else MemoryStore(), settings.CHAT_TTL,
                                        settings.MAX_CONVERSATIONS, self._dropped)
-        self.janitor = ChatJanitor(client, lambda: self.store.sweep(force=True))
+        self.janitor = ChatJanitor(client, lambda: self.store.sweep(force=True), sweep_interval(settings.CHAT_TTL))
 
     def preferred(self, chat: openai_chat.ChatRequest, model: str) -> Callable[[Identity], bool] | None:
         """Which account to prefer for this request: the one holding the conversation it continues."""
@@ -388,7 +413,7 @@ class Conversations:
         found = self.store.find(keys, [role for role, _ in chat.messages]) if s.CONTINUE_CHATS else None
         if found is not None and found[1].account == _account(identity):
             count, thread = found
-            upstream = UpstreamChat(self.client, identity, model, chat_type, config, s.MAX_TURN_CHARS, thread.chat_id)
+            upstream = UpstreamChat(self.client, identity, model, chat_type, config, thread.chat_id)
             try:
                 content, sent = self._fit(identity, chat, upstream, chat.messages[count:], 0, files, fresh=False)
                 events = upstream.open(content, thread.response_id, sent)
@@ -400,7 +425,7 @@ class Conversations:
                 self.store.forget_chat(thread.chat_id)
         elif found is not None:
             logger.debug("conversation is on another account; starting a new chat")
-        upstream = UpstreamChat(self.client, identity, model, chat_type, config, s.MAX_TURN_CHARS)
+        upstream = UpstreamChat(self.client, identity, model, chat_type, config)
         # Sized (and earlier context uploaded) before a chat is made for a turn the site would refuse.
         content, sent = self._fit(identity, chat, upstream, chat.messages, _newest_start(chat.messages), files, True)
         upstream.create()
@@ -416,12 +441,12 @@ class Conversations:
         self, identity: Identity, chat: openai_chat.ChatRequest, upstream: UpstreamChat,
         messages: Sequence[tuple[str, str]], split: int, files: Sequence[Mapping[str, Any]], fresh: bool,
     ) -> tuple[str, list[Mapping[str, Any]]]:
-        """The turn's message and files, within ``MAX_TURN_CHARS``.
+        """The turn's message and files, within ``MAX_TURN_BYTES`` (bytes of the body as sent).
 
         All inline if it fits; else the messages before ``split`` (system prompt
         and history) go into an uploaded ``conversation.txt`` and only the newest
         turn stays inline; else the whole turn goes into the document, with only
-        the tool rules and a pointer inline (§7.3, §11).
+        the tool rules and a pointer inline (§7.3, §11, §14).
         """
         s = self.settings
         plans: list[tuple[Sequence[tuple[str, str]], Sequence[tuple[str, str]]]] = [(messages, ())]
@@ -429,25 +454,26 @@ class Conversations:
             if 0 < split < len(messages):
                 plans.append((messages[split:], messages[:split]))
             plans.append(((), messages))
-        sizes: list[int] = []
+        bodies: list[bytes] = []
         for inline, offloaded in plans:
             text = openai_chat.flatten_messages(inline, s.MAX_HISTORY_MESSAGES) if inline else ""
             if offloaded:
                 text = "\n\n".join(filter(None, [_pointer(whole=not inline), text]))
             content = tool_prompts.compose_turn(chat.agent, text, fresh)
-            sizes.append(upstream.size(content, files))
-            if sizes[-1] > s.MAX_TURN_CHARS:
+            bodies.append(upstream.body(content, files))
+            if not upstream.limit.fits(bodies[-1]):
                 continue
             if not offloaded:
                 return content, list(files)
             document = context_document(offloaded, s.MAX_HISTORY_MESSAGES, whole=not inline)
             entry = self.uploader.upload(identity, document.encode(), filename=CONTEXT_FILE,
                                          content_type="text/plain", kind="document")
-            logger.info("%s: turn above MAX_TURN_CHARS; %d message(s) sent as %s", identity.label,
-                        len(offloaded), CONTEXT_FILE)
+            logger.info("%s: turn of %d bytes above MAX_TURN_BYTES; %d message(s) sent as %s", identity.label,
+                        len(bodies[0]), len(offloaded), CONTEXT_FILE)
             return content, [*files, entry]
-        tried = f" ({min(sizes):,} even with the conversation in an attached document)" if len(sizes) > 1 else ""
-        raise too_long(sizes[0], s.MAX_TURN_CHARS, tried)
+        smallest = min(len(body) for body in bodies)
+        tried = f" ({smallest:,} bytes even with the conversation in an attached document)" if len(bodies) > 1 else ""
+        raise upstream.limit.refusal(bodies[0], tried)
 
     def complete(self, exchange: Exchange, translator: Any) -> None:
         """The turn ended well: remember the conversation, answer included, for the next request."""
@@ -480,8 +506,17 @@ class Conversations:
         if self.settings.DELETE_CHATS:
             self.janitor.discard(identity, chat_id)
 
+    def start_janitor(self) -> None:
+        """Start deleting idle conversations' chats on a timer (the app factory calls this once)."""
+        self.janitor.start()
+
     def close(self) -> None:
         self.janitor.close()
+
+
+def sweep_interval(ttl: float) -> float:
+    """How often idle conversations are looked for: a tenth of ``CHAT_TTL``, at most a minute."""
+    return min(60.0, max(0.05, ttl / 10))
 
 
 def _account(identity: Identity) -> str:

@@ -60,9 +60,12 @@ class GenerationClient:
         return None
 
     def submit_task(self, identity: Identity, chat_id: str, payload: Mapping[str, Any]) -> Any:
-        """Post a ``stream: false`` turn (t2v, i2v); its JSON answer names the task (§8.3)."""
+        """Post a ``stream: false`` turn (t2v, i2v); its JSON answer names the task (§8.3).
+
+        The body goes as the browser sends it (compact UTF-8), within the size rule like any turn.
+        """
         return self.client._json(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-                                 json=payload, referer=f"/c/{chat_id}")
+                                 data=self.client.encode_turn(payload), referer=f"/c/{chat_id}")
 
     def task_status(self, identity: Identity, task_id: str) -> Any:
         """One status read of a video task, from whichever generation of the route the site has (§8.3)."""

@@ -53,21 +53,28 @@ class SSEDecoder:
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial: list[bytes] = []  # the unterminated line, in the pieces it came in
         self._data: list[bytes] = []
         self._skip_lf = False
         self.stray = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        # Only the new chunk is searched and split: a long line sent in many small reads
+        # is joined once, when it ends, not copied and rescanned on every read.
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
-            self._skip_lf = buffer.endswith(b"\r")
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buffer.split(b"\n")
-        self._buffer = lines.pop()
+        if b"\r" in chunk:
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._partial.append(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        lines[0] = b"".join([*self._partial, lines[0]])
+        last = lines.pop()
+        self._partial = [last] if last else []
         events: list[bytes] = []
         for line in lines:
             self._line(line, events)
@@ -82,9 +89,9 @@ class SSEDecoder:
     def finish(self) -> list[bytes]:
         """Flush at end of body: the site may close without a final blank line."""
         events: list[bytes] = []
-        if self._buffer:
-            self._line(self._buffer, events)
-            self._buffer = b""
+        if self._partial:
+            self._line(b"".join(self._partial), events)
+            self._partial = []
         self._line(b"", events)
         return events
 
@@ -288,7 +295,77 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def decode_event(data: bytes) -> Any:
+#: The site's size rule (§11, §14): a completion body of about 128 KB of UTF-8 draws the x5sec captcha at
+#: once (44,000 CJK characters, ~129 KB, were refused). Read at its harsher, decimal end.
+SIZE_CAPTCHA_BYTES = 128_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnLimit:
+    """The largest turn body the proxy sends: bytes of the body exactly as ``encode_body`` makes it.
+
+    ``max_chars`` is the older character cap (``MAX_TURN_CHARS``), kept for configs
+    that set it; 0 turns it off. A character of CJK text is 3 bytes and an emoji 4,
+    so only the byte count follows the site's rule.
+    """
+
+    max_bytes: int
+    max_chars: int = 0
+
+    def fits(self, body: bytes) -> bool:
+        return len(body) <= self.max_bytes and not (self.max_chars and len(body.decode()) > self.max_chars)
+
+    def refusal(self, body: bytes, tried: str = "") -> InvalidRequest:
+        """The 400 for a turn that does not fit (``tried`` says what was tried to make it fit)."""
+        if len(body) > self.max_bytes:
+            size = f"{len(body):,} bytes of UTF-8, above MAX_TURN_BYTES ({self.max_bytes:,})"
+        else:
+            size = f"{len(body.decode()):,} characters, above MAX_TURN_CHARS ({self.max_chars:,})"
+        return InvalidRequest(
+            f"This conversation is too long for the Qwen site: the turn would be {size}; the site answers "
+            f"bodies of about {SIZE_CAPTCHA_BYTES // 1000} KB with a captcha{tried}. Shorten or summarise the "
+            "history, or start a new conversation.",
+            param="messages", code="context_length_exceeded",
+        )
+
+
+def size_captcha(body_size: int, limit: TurnLimit) -> InvalidRequest:
+    """The site's captcha on a body over its size rule, which we should not have sent: our refusal, not the account's."""
+    return InvalidRequest(
+        f"The Qwen site refused a turn of {body_size:,} bytes with its size captcha (about "
+        f"{SIZE_CAPTCHA_BYTES // 1000} KB is the limit). Set MAX_TURN_BYTES below {SIZE_CAPTCHA_BYTES:,} "
+        f"(now {limit.max_bytes:,}) so long context is sent as a document, or shorten the conversation.",
+        param="messages", code="context_length_exceeded",
+    )
+
+
+class Candidates:
+    """Which candidate answer a stream follows when the site streams two (§14): the first created.
+
+    The translator drops the other candidate's deltas; here, its errors: an error
+    event tagged with the other candidate's ``response_id`` (§6.6 errors carry one)
+    ends that answer, not the one the client reads.
+    """
+
+    def __init__(self) -> None:
+        self.followed: str | None = None
+        self.others: set[str] = set()
+
+    def note(self, created: Any) -> None:
+        response_id = created.get("response_id") if isinstance(created, dict) else None
+        if not isinstance(response_id, str) or not response_id:
+            return
+        if self.followed is None:
+            self.followed = response_id
+        elif response_id != self.followed:
+            self.others.add(response_id)
+
+    def not_followed(self, event: Mapping[str, Any]) -> bool:
+        return bool(self.others) and event.get("response_id") in self.others
+
+
+def decode_event(data: bytes, candidates: Candidates | None = None) -> Any:
+    """One ``data`` payload: an event, ``DONE``, ``None`` (nothing to use), or the refusal it stands for raised."""
     if data.strip() == b"[DONE]":
         return DONE
     try:
@@ -301,8 +378,13 @@ def decode_event(data: bytes) -> Any:
     if not isinstance(event, dict):
         logger.debug("ignoring a stream event that is not an object")
         return None
+    if candidates is not None and "response.created" in event:
+        candidates.note(event["response.created"])
     error = classify_payload(event)
     if error is not None:
+        if candidates is not None and candidates.not_followed(event):
+            logger.info("ignoring the failure of a candidate answer not relayed: %s", error.message)
+            return None
         raise error
     return event
 

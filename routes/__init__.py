@@ -5,9 +5,13 @@
 - ``chat``: ``/v1/chat/completions``, ``/v1/models``, ``/health``, ``/refresh-token`` and ``/``.
 - ``images_videos``: ``/v1/images/generations``, ``/v1/images/edits``,
   ``/v1/videos`` and the ``-image``/``-video`` chat models.
+- ``messages``: the Anthropic Messages API, ``/v1/messages`` and ``/v1/messages/count_tokens``.
 - ``turns``: the life of one turn (account, uploads, upstream answer) and its SSE.
+- ``hangup``: noticing a client that hung up while the site is silent (a look at its socket).
 - ``middleware``: ``Admission``, the cap on requests at once, and the body that gives its place back.
 - ``fetch``: ``RemoteFetcher``, fetching the URLs clients send, guarded against this server's own network.
+- ``responses``: the OpenAI Responses API (``/v1/responses``) over the same turns as chat.
+- ``response_store``: ``ResponseStore`` and its in-process ``MemoryResponseStore``, the stored responses.
 
 ``app`` uses the names exported here.
 """
@@ -17,6 +21,10 @@ from routes.chat import bp as chat_bp
 from routes.fetch import RemoteFetcher
 from routes.gateway import Gateway, gateway
 from routes.images_videos import bp as images_videos_bp
+from routes.messages import bp as messages_bp
 from routes.middleware import Admission
+from routes.response_store import MemoryResponseStore
+from routes.responses import bp as responses_bp
 
-__all__ = ["ENDPOINTS", "Admission", "Gateway", "RemoteFetcher", "chat_bp", "gateway", "images_videos_bp"]
+__all__ = ["ENDPOINTS", "Admission", "Gateway", "MemoryResponseStore", "RemoteFetcher", "chat_bp", "gateway",
+           "images_videos_bp", "messages_bp", "responses_bp"]

@@ -13,8 +13,9 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from config import __version__
-from errors import InvalidRequest, ModelNotFound, ProxyError
+from errors import InvalidRequest, ModelNotFound, ProxyError, echo
 from routes.gateway import authenticate, gateway, json_body, site_models
+from routes import messages
 from routes.images_videos import generation_chat
 from routes.turns import SSE_HEADERS, fetch_media, open_turn, sse, vision_model
 from transform import generation, openai_chat
@@ -25,6 +26,8 @@ ENDPOINTS = [
     "GET /v1/models", "GET /v1/models/<id>", "POST /v1/chat/completions", "POST /v1/images/generations",
     "POST /v1/images/edits", "POST /v1/videos", "GET /v1/videos/<id>", "GET /v1/videos/<id>/content", "GET /health",
     "POST /refresh-token",
+    "POST /v1/responses", "GET /v1/responses/<id>", "DELETE /v1/responses/<id>",
+    *messages.ENDPOINTS,
 ]
 
 
@@ -77,16 +80,12 @@ def refresh_token() -> Response:
     """Renew every account's token now, or one: ``{"account": 2}`` (the number in ``account-2``)."""
     authenticate()
     gw = gateway()
-    raw = request.get_data(cache=False)
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    body = json_body(required=False)
     number = body.get("account", request.args.get("account")) if isinstance(body, dict) else None
     if number is not None:
         try:
-            number = int(number)
-        except (TypeError, ValueError):
+            number = int(number) if isinstance(number, int) or str(number).strip().isascii() else 0
+        except (TypeError, ValueError, OverflowError):
             number = 0
         if not 1 <= number <= len(gw.pool):
             raise InvalidRequest(f"'account' must be a number from 1 to {len(gw.pool)} (as in account-1).",
@@ -97,8 +96,10 @@ def refresh_token() -> Response:
 
 @bp.get("/v1/models")
 @bp.get("/models")
-def listsite_models() -> tuple[Response, int, dict[str, str]]:
+def listsite_models() -> tuple[Response, int, dict[str, str]] | Response:
     authenticate()
+    if messages.wants_anthropic_models():  # the anthropic SDK's client.models.list()
+        return messages.anthropic_models()
     models = site_models()
     # Say where the list came from: the site, or the built-in list when the site is unreachable.
     headers = {"X-Models-Source": gateway().catalog.source}
@@ -107,12 +108,14 @@ def listsite_models() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/models/<path:model_id>")
-def get_model(model_id: str) -> Response:
+def get_model(model_id: str) -> Response | tuple[Response, int, dict[str, str]]:
     authenticate()
+    if messages.wants_anthropic_models():
+        return messages.anthropic_models(model_id)
     for entry in openai_chat.openai_model_list(site_models()):
         if entry["id"].lower() == model_id.lower():
             return jsonify(entry)
-    raise ModelNotFound(f"The model '{model_id}' does not exist; GET /v1/models lists them.", param="model")
+    raise ModelNotFound(f"The model '{echo(model_id)}' does not exist; GET /v1/models lists them.", param="model")
 
 
 @bp.post("/v1/chat/completions")

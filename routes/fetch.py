@@ -88,7 +88,10 @@ class RemoteFetcher:
             try:
                 location = resp.headers.get("Location")
                 if resp.status in _REDIRECTS and location:
-                    url = urllib.parse.urljoin(url, location)
+                    try:
+                        url = urllib.parse.urljoin(url, location)
+                    except ValueError:
+                        raise _unreachable(param, "it redirected to a malformed URL") from None
                     continue
                 if resp.status >= 400 or resp.status < 200:
                     raise _unreachable(param, f"it answered HTTP {resp.status}")
@@ -111,12 +114,13 @@ class RemoteFetcher:
         self, url: str, deadline: float, param: str
     ) -> tuple[urllib3.BaseHTTPResponse, urllib3.HTTPConnectionPool]:
         """One GET, without following redirects, to an address of the host that passed the check."""
-        parts = urllib.parse.urlsplit(url)
-        try:
+        try:  # urlsplit lowercases the scheme (HTTP:// works) and refuses a broken IPv6 host ("http://[::1")
+            parts = urllib.parse.urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise InvalidRequest(
-                f"{param}: the URL has an invalid port.", param=param, code="invalid_media_url"
+                f"{param}: the URL is malformed (its host or port cannot be read).", param=param,
+                code="invalid_media_url",
             ) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequest(f"{param}: only http(s) URLs can be fetched.", param=param, code="invalid_media_url")

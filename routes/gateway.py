@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from config import Settings
 from errors import InvalidRequest, Unauthorized
 from identity_pool import Identity, IdentityPool
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes.fetch import RemoteFetcher
+from routes.response_store import MemoryResponseStore, ResponseStore
 from transform.openai_chat import ModelInfo
 
 
@@ -35,7 +37,8 @@ class Gateway:
     uploader: Uploader
     fetcher: RemoteFetcher
     conversations: Conversations
-
+    #: Responses kept for ``GET /v1/responses/<id>`` and ``previous_response_id``.
+    responses: ResponseStore = dataclasses.field(default_factory=MemoryResponseStore)
 
 
 def gateway() -> Gateway:
@@ -46,11 +49,13 @@ def authenticate() -> Identity | None:
     """Check the caller; in client mode, return the Qwen identity the caller brought.
 
     Server mode: ``Authorization: Bearer <key>`` or ``x-api-key`` against
-    ``API_KEY`` (open when none is set). Client mode: ``Bearer key;token;cookie``.
+    ``API_KEY`` (open when none is set). Client mode: ``key;token;cookie`` in either header.
     """
     settings = gateway().settings
     bearer = request.headers.get("Authorization", "")
     bearer = bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""
+    # Claude Code sends ANTHROPIC_API_KEY as x-api-key: client mode reads key;token;cookie there too.
+    bearer = bearer or request.headers.get("x-api-key", "").strip()
     key, token, cookie = bearer, "", ""
     if not settings.SERVER_MODE and ";" in bearer:
         key, token, cookie = (bearer.split(";", 2) + ["", ""])[:3]
@@ -78,11 +83,50 @@ def site_models() -> list[ModelInfo]:
     return gw.catalog.get(gw.pool.identities[0] if len(gw.pool) else None)
 
 
-def json_body() -> Any:
-    raw = request.get_data(cache=False)
+#: Deeper bodies are refused: no OpenAI request nests this far, and recursive code further on must not overflow.
+MAX_JSON_DEPTH = 100
+
+
+def json_body(required: bool = True) -> Any:
+    """The request body as JSON, or a 400 that says what is wrong with it (413 when it is too large).
+
+    Strict JSON only (orjson): ``NaN``/``Infinity``, numbers out of range, lone
+    surrogates (``"\\ud800"``, which no UTF-8 text can carry) and nesting past
+    ``MAX_JSON_DEPTH`` are refused here, so nothing further on meets them.
+    """
+    raw = _body_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as some Windows tools send: json took it
     if not raw.strip():
+        if not required:
+            return None
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.")
+    return body
+
+
+def _body_bytes() -> bytes:
+    """The body; a chunked one is cut at ``MAX_CONTENT_LENGTH`` by Werkzeug, so more of it means too large."""
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        stream = request.environ.get("wsgi.input")
+        if stream is not None and stream.read(1):
+            raise RequestEntityTooLarge()
+    return raw
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit``; iterative, so a deep body cannot overflow it."""
+    level: list[Any] = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, (dict, list))]
+    return False

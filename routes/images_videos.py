@@ -30,7 +30,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.datastructures import FileStorage
 
-from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout
+from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, UpstreamError, UpstreamTimeout, echo
 from identity_pool import Identity, new_session
 from qwen_client import CdnFetcher, GenerationClient
 from routes.gateway import Gateway, authenticate, json_body, site_models
@@ -164,6 +164,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
                     include_usage: bool = False, wait: float | None = None) -> Turn:
     """Start an image turn (§8.1, §8.2) like ``turns.open_turn`` starts a chat turn, failover included."""
     gw = st.gw
+    check_prompt_size(gw, choice.upstream.id, choice.kind, prompt, ratio)
 
     def start(account: Identity) -> Turn:
         files = attach(gw, account, inputs)
@@ -184,6 +185,14 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
     else:  # the pool learns quota answers here: they pause image turns on the account, not chat
         turn.on_close = lambda error: gw.pool.release(account, error, IMAGE_QUOTA)
     return turn
+
+
+def check_prompt_size(gw: Gateway, model: str, kind: str, prompt: str, ratio: str | None) -> None:
+    """Refuse a prompt the site's size rule would answer with a captcha (§11, §14) before any upstream call."""
+    placeholder = str(uuid.UUID(int=0))  # as long as the chat id and fid the real body carries
+    gw.client.encode_turn(generation.generation_payload(
+        kind=kind, model=model, chat_id=placeholder, prompt=prompt, ratio=ratio, files=[], fid=placeholder,
+        timestamp=int(time.time())))
 
 
 def on_account(
@@ -307,6 +316,7 @@ def submit_video(st: Studio, choice: generation.GenerationChoice, prompt: str, r
     kind = "i2v" if frames else "t2v"
     # Without a size the first frame decides an i2v clip's shape; a t2v clip gets the web app's 16:9.
     ratio = ratio or (None if frames else "16:9")
+    check_prompt_size(gw, choice.upstream.id, kind, prompt, ratio)
 
     def start(account: Identity) -> str:
         files = attach(gw, account, frames)
@@ -418,8 +428,9 @@ def generation_chat(chat: openai_chat.ChatRequest, identity: Identity | None) ->
     choice = generation.resolve_generation_model(chat.model, site_models(), kind, strict=True)
     prompt = generation.last_user_text(chat.messages)
     if any(part.kind != "image" for part in chat.media):
-        raise InvalidRequest(f"'{chat.model}' takes pictures only; send audio, video and documents to a chat model.",
-                             param="messages", code="unsupported_content")
+        raise InvalidRequest(
+            f"'{echo(chat.model)}' takes pictures only; send audio, video and documents to a chat model.",
+            param="messages", code="unsupported_content")
     inputs = [fetched_image(st, part) for part in chat.media]
     if kind == "t2v":
         if len(inputs) > 1:

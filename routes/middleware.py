@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from errors import RateLimited
+from transform.anthropic_stream import error_body
 
 if TYPE_CHECKING:
     from identity_pool import StateStore
@@ -69,10 +70,14 @@ class Admission:
             f"The proxy is serving as many requests as it is set to ({self.limit}, MAX_CONCURRENT_REQUESTS). "
             "Retry in a moment.", code="too_many_concurrent_requests", retry_after=1,
         )
-        body = json.dumps(error.to_dict()).encode()
+        # The Anthropic SDK reads its own error shape (see routes.messages).
+        shape = error_body(429, error.message) if environ.get("PATH_INFO", "").startswith("/v1/messages") \
+            else error.to_dict()
+        body = json.dumps(shape).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *error.headers().items()]
         if environ.get("HTTP_ORIGIN"):  # flask-cors does not see this answer; browsers must still read it
-            headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
+            headers += [("Access-Control-Allow-Origin", "*"),
+                        ("Access-Control-Expose-Headers", "Retry-After, x-should-retry")]
         start_response("429 Too Many Requests", headers)
         return [body]
 

@@ -23,6 +23,7 @@ import orjson
 from errors import EmptyResponse, ProxyError, Unauthorized, UpstreamAuthError, UpstreamError
 from identity_pool import Identity
 from qwen_client import AnswerStream
+from routes import hangup
 from transform import media_parts, openai_chat, tool_replies
 from transform.answer import StreamTranslator
 
@@ -33,6 +34,14 @@ logger = logging.getLogger("qwen2openai")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PING = b": ping\n\n"
+
+
+class ClientGone(ProxyError):
+    """The client closed its connection before the answer was complete: nobody to answer, nobody to blame."""
+
+    status = 499  # nginx's "client closed request"
+    type = "invalid_request_error"
+    code = "client_closed_request"
 
 
 class Turn:
@@ -50,8 +59,11 @@ class Turn:
         follow_up: Callable[[str, str | None], Iterator[dict]] | None = None,
         on_complete: Callable[[Any], None] | None = None,
         on_end: Callable[[], None] | None = None,
+        gone: hangup.GoneCheck | None = None,
     ) -> None:
         self._events, self.translator, self.label = _answer_stream(events, label), translator, label
+        #: Whether the client hung up, looked at while the site is silent (the request's own socket by default).
+        self._gone = gone or hangup.watch_current_request()
         #: A corrective turn into the same chat; the answer done well; the turn over (well or not).
         self._follow_up, self._on_complete, self._on_end = follow_up, on_complete, on_end
         #: Called once with the outcome when the turn ends: gives the account back.
@@ -130,9 +142,13 @@ class Turn:
 
     def _answer(self) -> Iterator[list[dict] | None]:
         """Chunks of the current upstream answer, the events that arrived together in one batch."""
-        feed, deadline = self.translator.feed, self._deadline()
+        feed, deadline, look = self.translator.feed, self._deadline(), self._next_look()
         while not self.translator.finished:
-            events = self._events.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if look is not None:  # a silent site writes nothing that would show a hang-up: look at the client
+                until_look = max(0.0, look - time.monotonic())
+                wait = until_look if wait is None else min(wait, until_look)
+            events = self._events.get(wait)
             if events == []:  # the end; None is a wait that timed out
                 return
             chunks: list[dict] = []
@@ -141,11 +157,19 @@ class Turn:
                 if self.translator.finished:
                     break
             if chunks:
-                yield chunks
-                deadline = self._deadline()
-            elif deadline is not None and time.monotonic() >= deadline:
+                yield chunks  # a write: it tells whether the client is still there
+                deadline, look = self._deadline(), self._next_look()
+                continue
+            if look is not None and time.monotonic() >= look:
+                if self._gone is not None and self._gone():
+                    raise ClientGone("The client closed the connection before the answer was complete.")
+                look = self._next_look()
+            if deadline is not None and time.monotonic() >= deadline:
                 yield None
                 deadline = self._deadline()
+
+    def _next_look(self) -> float | None:
+        return None if self._gone is None else time.monotonic() + hangup.CHECK_SECONDS
 
     def _deadline(self) -> float | None:
         return None if self._heartbeat is None else time.monotonic() + self._heartbeat
@@ -285,6 +309,10 @@ def sse(turn: Turn, heartbeat: float | None = None) -> Iterator[bytes]:
     try:
         for chunks in turn.batches(heartbeat):
             yield b"".join([encode_event(chunk) for chunk in chunks]) if chunks else PING
+    except ClientGone as exc:  # nobody is reading: no error event, no [DONE]
+        error = exc
+        logger.info("turn %s: the client hung up while the site was silent", turn.label)
+        return
     except ProxyError as exc:
         error = exc
         logger.warning("stream ended by upstream failure: %s", exc.message)

@@ -6,11 +6,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import pytest
 from openai import OpenAI
 
 from tests.fake_qwen import FakeQwen, FakeQwenServer
-from tests.helpers import FIXTURES, ProxyServer
+from tests.helpers import API_KEY, ProxyServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -18,8 +19,6 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         os.environ.pop(name, None)
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
-    if not FIXTURES.is_dir():
-        raise pytest.UsageError(f"protocol fixtures not found at {FIXTURES}; set QWEN2OPENAI_SHARED")
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +66,10 @@ def make_proxy(fake_server: FakeQwenServer) -> Iterator[Any]:
 def client(proxy: ProxyServer, fake: FakeQwen) -> OpenAI:
     proxy.app.extensions["qwen2openai"].uploader.forget()  # the reset site no longer has earlier uploads
     return proxy.client()
+
+
+@pytest.fixture
+def claude(proxy: ProxyServer, fake: FakeQwen) -> anthropic.Anthropic:
+    """The official Anthropic client, pointed at the proxy as Claude Code is (ANTHROPIC_BASE_URL)."""
+    proxy.app.extensions["qwen2openai"].uploader.forget()
+    return anthropic.Anthropic(base_url=proxy.url, api_key=API_KEY, max_retries=0, timeout=20)

@@ -5,7 +5,8 @@
 - ``headers``, ``new_chat``, ``turn_body``, ``post_turn``, ``stream_events``: speaking the
   site's protocol to the emulator directly, as the emulator's own tests do;
 - ``grant``, ``put``: the emulator's upload endpoints, signed by Aliyun's own ``oss2`` SDK;
-- ``MediaHost``: a stand-in for the web servers whose image and video URLs clients send.
+- ``MediaHost``: a stand-in for the web servers whose image and video URLs clients send;
+- ``RESPONSES_BODY``: a Hypothesis strategy of Responses API bodies, valid and not.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import oss2
 import requests
+from hypothesis import strategies as st
 from openai import OpenAI
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -36,8 +38,8 @@ from config import load_settings
 from qwen_client.wire import SSEDecoder
 from tests.fake_qwen import make_jwt
 
-SHARED = Path(os.environ.get("QWEN2OPENAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-FIXTURES = SHARED / "fixtures" / "qwen-web"
+# Copies of the protocol reference's captures, so the suite runs from a bare clone (README there says whence).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "qwen-web"
 
 # Obviously fake credentials: the suite checks that none of them ever reaches a log or a response.
 TOKEN = make_jwt("fake-user-0001")
@@ -89,7 +91,9 @@ TIMEOUT = 5
 def headers(token: str | None = None, *, cookie: bool = True, bearer: bool = True,
             version: bool = True) -> dict[str, str]:
     token = token or make_jwt()
-    out = {"source": "web", "Content-Type": "application/json", "Accept": "application/json"}
+    out = {"source": "web", "Content-Type": "application/json", "Accept": "application/json",
+           "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin",
+           "timezone": "Fri Sep 18 2026 12:30:00 GMT+0800", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
     if cookie:
         out["Cookie"] = f"token={token}; ssxmod_itna=abc"
     if bearer:
@@ -244,6 +248,38 @@ class MediaHost:
         self.released.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+# ------------------------------------------------------------ generated Responses API bodies
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+_PART = st.fixed_dictionaries(
+    {"type": st.sampled_from(["input_text", "input_image", "input_file", "output_text", "refusal", "x"])},
+    optional={"text": _JSON, "image_url": _JSON, "file_data": _JSON},
+)
+_ITEM = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "x"]),
+    "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | _JSON,
+    "content": st.lists(_PART, max_size=3) | _JSON,
+    "call_id": _JSON, "name": _JSON, "arguments": _JSON, "output": _JSON,
+})
+_TOOL = st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search", "x"])},
+                              optional={"name": _JSON, "parameters": _JSON})
+#: Responses API bodies, mostly almost valid: each field a plausible shape or any JSON value.
+RESPONSES_BODY = st.fixed_dictionaries(
+    {"model": st.just("qwen3.7-plus") | _JSON, "input": st.lists(_ITEM, max_size=4) | _JSON},
+    optional={
+        "instructions": _JSON, "tools": st.lists(_TOOL, max_size=3) | _JSON, "tool_choice": _JSON,
+        "text": st.fixed_dictionaries({"format": _JSON}) | _JSON, "reasoning": _JSON, "max_output_tokens": _JSON,
+        "parallel_tool_calls": _JSON, "previous_response_id": _JSON, "store": _JSON, "stream": _JSON,
+        "metadata": _JSON,
+    },
+)
 
 
 # ------------------------------------------------------------ several processes: gunicorn and redis-server

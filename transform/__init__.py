@@ -10,9 +10,16 @@
 - ``json_schema``: JSON found in prose, repaired and checked against a JSON Schema.
 - ``media_parts``: image, audio, video and file content parts, checked against the site's limits.
 - ``generation``: generated images and videos: suffixes, sizes, payloads and answers.
+- ``anthropic_messages``: the Anthropic Messages request as the chat request it means
+  (``parse_messages_request``, ``map_model``), and the count_tokens estimate.
+- ``anthropic_stream``: OpenAI chunks → Messages events (``EventTranslator``), whole messages
+  (``accumulate``), stop sequences and the Messages error shape.
+- ``openai_responses``: a Responses API body read into the chat request (``parse_responses_request``).
+- ``openai_responses_events``: the turn's chat chunks → Responses items and stream events (``ResponseEvents``).
 
 Other folders import the module they need (``from transform import openai_chat``);
 importing the package loads none of them.
 """
 
-__all__ = ["answer", "generation", "json_schema", "media_parts", "openai_chat", "tool_prompts", "tool_replies"]
+__all__ = ["anthropic_messages", "anthropic_stream", "answer", "generation", "json_schema", "media_parts", "openai_chat",
+           "openai_responses", "openai_responses_events", "tool_prompts", "tool_replies"]

@@ -29,9 +29,17 @@ class TextAccumulator:
     SURE_PREFIX = 8
 
     def __init__(self) -> None:
-        self.text = ""
+        self._pieces: list[str] = []  # joined on demand: ``str +=`` on an attribute copies the whole answer
+        self.size = 0
         self._mode: str | None = None  # "incremental" | "cumulative" once decided
         self._held: str | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     @property
     def pending(self) -> bool:
@@ -41,7 +49,7 @@ class TextAccumulator:
         """The new text in ``chunk`` (may be empty while a delta is held)."""
         if not chunk:
             return ""
-        if self._mode == "incremental" or (self._mode is None and not self.text):
+        if self._mode == "incremental" or (self._mode is None and not self.size):
             return self._emit(chunk)
         if self._mode == "cumulative":
             if chunk.startswith(self.text):
@@ -75,7 +83,9 @@ class TextAccumulator:
         return self._emit(held) if held else ""
 
     def _emit(self, piece: str) -> str:
-        self.text += piece
+        if piece:
+            self._pieces.append(piece)
+            self.size += len(piece)
         return piece
 
 
@@ -88,8 +98,12 @@ class SnapshotDiffer:
     """
 
     def __init__(self) -> None:
-        self.text = ""  # everything emitted
+        self.text = ""  # everything emitted (each snapshot is whole anyway: nothing to gain from pieces)
         self._last = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
 
     def feed(self, snapshot: str) -> str:
         last, self._last = self._last, snapshot
@@ -167,30 +181,41 @@ class StreamTranslator:
         self.summary = SnapshotDiffer()
         self.usage: Mapping[str, Any] | None = None
         self.sources: dict[str, Mapping[str, Any]] = {}
+        #: The answer followed: the first ``response.created`` seen (index 0); the next turn's ``parent_id``.
         self.response_id: str | None = None
+        #: Another candidate answer streams alongside the followed one (§14): its deltas are dropped.
+        self.rivals = False
         self.finished = False
         self._sent_role = False
 
     @property
     def has_output(self) -> bool:
         """Anything at all for the client: thinking or an answer (subclasses widen ``has_answer``)."""
-        return self.has_answer or bool(self.reasoning.text or self.summary.text or self.reasoning.pending)
+        return self.has_answer or bool(self.reasoning.size or self.summary.size or self.reasoning.pending)
 
     @property
     def has_answer(self) -> bool:
         """Whether the turn produced an answer (thinking alone is not one)."""
-        return bool(self.answer.text or self.answer.pending)
+        return bool(self.answer.size or self.answer.pending)
 
     @property
     def reasoning_text(self) -> str:
         return self.reasoning.text + self.summary.text
 
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Chunks to send for one upstream event (often none)."""
+        """Chunks to send for one upstream event (often none).
+
+        When the site streams two candidate answers at once (§14), only the
+        first one's events count: a delta tagged with another ``response_id``
+        is dropped whole (text, thinking, sources, usage); an untagged one is
+        taken as the followed answer's.
+        """
         # Events are decoded JSON, so plain dict checks (much cheaper than Mapping) are exact.
         choices = event.get("choices")
         if "response.created" in event or event.get("type") == "response.created":
             self._on_created(event)
+            return []
+        if self.rivals and event.get("response_id", self.response_id) != self.response_id:
             return []
         usage = event.get("usage")
         if usage and isinstance(usage, dict):
@@ -204,8 +229,13 @@ class StreamTranslator:
         created = event.get("response.created")
         if isinstance(event.get("response"), dict):
             created = {"response_id": event["response"].get("id")}  # another observed form (§6.3)
-        if isinstance(created, dict):
-            self.response_id = created.get("response_id") or self.response_id
+        response_id = created.get("response_id") if isinstance(created, dict) else None
+        if not response_id:
+            return
+        if self.response_id is None:
+            self.response_id = response_id
+        elif response_id != self.response_id:
+            self.rivals = True
 
     def _on_delta(self, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
         phase, content = delta.get("phase"), delta.get("content")

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from errors import InvalidRequest, ModelNotFound, NotFound
+from errors import InvalidRequest, ModelNotFound, NotFound, echo
 from transform import openai_chat
 from transform.answer import StreamTranslator, openai_usage
 
@@ -37,7 +37,8 @@ TYPICAL_VIDEO_SECONDS = 180
 #: The site makes clips of about five seconds whatever is asked (§8.3: no duration field).
 VIDEO_SECONDS = "5"
 _URL = re.compile(r"https?://[^\s\"'<>()\[\]]+")
-_MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((https?://[^\s)]+)\)")
+#: Neither part runs over a ``[`` or ``(``: each "![" then scans only to the next one (linear on any text).
+_MARKDOWN_IMAGE = re.compile(r"!\[[^\[\]]*\]\((https?://[^\s()\[\]]+)\)")
 _TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x89PNG\r\n\x1a\n", "image/png"), (0, b"\xff\xd8\xff", "image/jpeg"), (0, b"GIF8", "image/gif"),
@@ -92,7 +93,7 @@ def resolve_generation_model(
             return GenerationChoice(kind, model)
     if strict:
         examples = ", ".join(m.id + next(s for s, k in openai_chat.MEDIA_SUFFIXES if k == kind) for m in able[:3])
-        raise ModelNotFound(f"The model '{requested}' does not exist. Try one of: {examples}.", param="model")
+        raise ModelNotFound(f"The model '{echo(requested)}' does not exist. Try one of: {examples}.", param="model")
     return GenerationChoice(kind, able[0])
 
 
@@ -122,7 +123,7 @@ def size_to_ratio(size: Any, kind: str) -> str | None:
             if abs(wanted / (w / h) - 1) <= RATIO_TOLERANCE:
                 return ratio
     raise InvalidRequest(
-        f"size '{size}' is not available: the site makes {', '.join(allowed)} pictures. Send one of those "
+        f"size '{echo(size)}' is not available: the site makes {', '.join(allowed)} pictures. Send one of those "
         "ratios or a size of that shape, e.g. 1024x1024, 1792x1024 (16:9), 1024x1792 (9:16), 1536x1024 (4:3).",
         param="size", code="unsupported_size",
     )
@@ -141,6 +142,8 @@ class ImageRequest:
 
 def _prompt_and_model(fields: Mapping[str, Any]) -> tuple[str, str | None]:
     """The two fields every generation body has: a non-empty prompt, an optional model id."""
+    if not isinstance(fields, Mapping):
+        raise InvalidRequest("The request body must be a JSON object.")
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("'prompt' is required and must be a non-empty string.", param="prompt")
@@ -176,9 +179,15 @@ class VideoRequest:
 
 
 def parse_video_request(fields: Mapping[str, Any]) -> VideoRequest:
+    """Validate a videos body; a field that is present must be usable, or nothing is sent to the site."""
     prompt, model = _prompt_and_model(fields)
-    size = fields.get("size") or fields.get("aspect_ratio") or fields.get("ratio")
-    reference = next((fields[k] for k in ("input_reference", "image", "first_frame") if fields.get(k)), None)
+    size = next((fields[k] for k in ("size", "aspect_ratio", "ratio") if fields.get(k) is not None), None)
+    if size is not None and not isinstance(size, str):
+        raise InvalidRequest("'size' must be a string such as '1280x720' or '16:9'.", param="size")
+    key = next((k for k in ("input_reference", "image", "first_frame") if fields.get(k) is not None), None)
+    reference = fields[key] if key else None
+    if key and (not reference or not isinstance(reference, (str, Mapping))):
+        raise InvalidRequest(f"'{key}' must be an image URL, a data URL or an object with 'image_url'.", param=key)
     return VideoRequest(prompt.strip(), model or None, size_to_ratio(size, "t2v"), reference)
 
 
@@ -206,8 +215,8 @@ def _int_field(fields: Mapping[str, Any], key: str, default: int) -> int:
     value = fields.get(key)
     if value is None or value == "":
         return default
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 20:
+        return int(value)  # ASCII only: int() refuses "²", which isdigit() accepts
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise InvalidRequest(f"'{key}' must be an integer.", param=key)
@@ -495,7 +504,7 @@ def decode_video_id(video_id: str) -> VideoJob:
             raise ValueError(video_id)
         return VideoJob(str(task_id), str(account), created, str(kind), str(size), str(model))
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise NotFound(f"No video with id '{video_id[:80]}'; ids come from POST /v1/videos.",
+        raise NotFound(f"No video with id '{echo(video_id)}'; ids come from POST /v1/videos.",
                        param="video_id", code="video_not_found") from None
 
 

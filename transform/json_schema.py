@@ -20,6 +20,7 @@ from typing import Any
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)(?:```|$)", re.S)
 _BARE_WORDS = {"True": "true", "False": "false", "None": "null"}
 _CLOSERS = {"{": "}", "[": "]"}
+_MAX_NUMBER_CHARS = 400
 _WORD, _KEY_END = re.compile(r"\w+"), re.compile(r"\s*:")
 
 
@@ -32,16 +33,17 @@ def json_candidates(text: str) -> Iterator[str]:
         body = match.group(1).strip()
         if body[:1] in ("{", "["):
             yield body
-    start = _first_open(text, 0)
-    while start >= 0:
+    # The next "{" and "[" are looked up again only once passed: text with many of one and none of
+    # the other would otherwise be rescanned to its end for every candidate.
+    brace, bracket = text.find("{"), text.find("[")
+    while brace >= 0 or bracket >= 0:
+        start = min(p for p in (brace, bracket) if p >= 0)
         end = _balanced_end(text, start)
         yield text[start:end]
-        start = _first_open(text, end)
-
-
-def _first_open(text: str, start: int) -> int:
-    positions = [p for p in (text.find("{", start), text.find("[", start)) if p >= 0]
-    return min(positions) if positions else -1
+        if 0 <= brace < end:
+            brace = text.find("{", end)
+        if 0 <= bracket < end:
+            bracket = text.find("[", end)
 
 
 def _balanced_end(text: str, start: int) -> int:
@@ -77,17 +79,21 @@ def loads_lenient(text: str) -> Any:
     text = text.strip()
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     if '"' not in text and "'" in text:
         text = text.replace("'", '"')
-    return json.loads(_repair(text))
+    try:
+        return json.loads(_repair(text))
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
 
 
 def _repair(text: str) -> str:
     out: list[str] = []
     stack: list[str] = []
     in_string, escaped, i = False, False, 0
+    comma = -1  # where in ``out`` a comma stands with only whitespace after it: O(1), not a walk back
     while i < len(text):
         ch = text[i]
         if in_string:
@@ -100,42 +106,35 @@ def _repair(text: str) -> str:
             elif ch == "\n":
                 ch = "\\n"
             out.append(ch)
-        elif ch == '"':
-            in_string = True
-            out.append(ch)
-        elif ch in "{[":
-            stack.append(_CLOSERS[ch])
-            out.append(ch)
-        elif ch in "}]":
-            _drop_trailing_comma(out)
+            i += 1
+            continue
+        if ch in "}]":
+            if comma >= 0:
+                out[comma] = ""  # a trailing comma
             if stack and stack[-1] == ch:
-                stack.pop()
-                out.append(ch)
-            # an unmatched closer is dropped
+                out.append(stack.pop())
+            comma = -1  # an unmatched closer is dropped
         elif ch.isalpha() or ch == "_":
             word = _WORD.match(text, i).group(0)
             i += len(word)
-            if _KEY_END.match(text, i):
-                out.append(f'"{word}"')  # an unquoted key
-            else:
-                out.append(_BARE_WORDS.get(word, word))
+            out.append(f'"{word}"' if _KEY_END.match(text, i) else _BARE_WORDS.get(word, word))  # unquoted key
+            comma = -1
             continue
+        elif not ch.isspace():
+            in_string = in_string or ch == '"'
+            if ch in "{[":
+                stack.append(_CLOSERS[ch])
+            comma = len(out) if ch == "," else -1
+            out.append(ch)
         else:
             out.append(ch)
         i += 1
     if in_string:
         out.append('"')
-    _drop_trailing_comma(out)
+    elif comma >= 0:
+        out[comma] = ""
     out.extend(reversed(stack))
     return "".join(out)
-
-
-def _drop_trailing_comma(out: list[str]) -> None:
-    j = len(out) - 1
-    while j >= 0 and out[j].isspace():
-        j -= 1
-    if j >= 0 and out[j] == ",":
-        del out[j]
 
 
 def extract_json(text: str) -> Any:
@@ -277,10 +276,11 @@ def _from_string(text: str, kinds: list[str]) -> Any:
     stripped = text.strip()
     if "boolean" in kinds and stripped.lower() in ("true", "false"):
         return stripped.lower() == "true"
-    if "integer" in kinds and re.fullmatch(r"[-+]?\d+", stripped):
-        return int(stripped)
-    if "number" in kinds and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", stripped):
-        return float(stripped)
+    if len(stripped) <= _MAX_NUMBER_CHARS:  # int() refuses 4,300 digits and more; no tool wants them
+        if "integer" in kinds and re.fullmatch(r"[-+]?[0-9]+", stripped):
+            return int(stripped)
+        if "number" in kinds and re.fullmatch(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", stripped):
+            return float(stripped)
     if "null" in kinds and stripped.lower() in ("null", "none"):
         return None
     if ("object" in kinds and stripped[:1] == "{") or ("array" in kinds and stripped[:1] == "["):

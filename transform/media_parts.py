@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from errors import InvalidRequest
+from errors import InvalidRequest, echo
 
 KINDS = ("image", "document", "audio", "video")
 MB = 1024 * 1024
@@ -84,7 +84,7 @@ class MediaPart:
 
     @property
     def remote(self) -> bool:
-        return self.data is None and self.source.startswith(("http://", "https://"))
+        return self.data is None and is_http_url(self.source)
 
     def __repr__(self) -> str:  # never dump megabytes of base64 into a log line
         size = "?" if self.data is None else len(self.data)
@@ -92,6 +92,11 @@ class MediaPart:
 
 
 # --------------------------------------------------------------------------- parts
+
+
+def is_http_url(text: str) -> bool:
+    """Whether ``text`` starts with an http(s) scheme, in any case (schemes are case-insensitive)."""
+    return text[:8].lower().startswith(("http://", "https://"))
 
 
 def split_content(content: Any, param: str) -> tuple[str, tuple[MediaPart, ...]]:
@@ -130,7 +135,7 @@ def parse_part(part: Mapping[str, Any], param: str) -> MediaPart:
     if kind == "file":
         return _file_part(part.get("file"), param)
     raise InvalidRequest(
-        f"{param}: '{kind}' content parts are not supported; use {SUPPORTED_PARTS}.",
+        f"{param}: '{echo(kind)}' content parts are not supported; use {SUPPORTED_PARTS}.",
         param=param, code="unsupported_content",
     )
 
@@ -139,15 +144,22 @@ def _url_part(kind: str, url: Any, param: str, field: str) -> MediaPart:
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequest(f"{field} must be a URL string (https://… or data:…;base64,…).", param=param)
     url = url.strip()
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":
+        url = "data:" + url[5:]
         return MediaPart(kind, param, url, mime=_data_url_mime(url), filename="")
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise InvalidRequest(f"{field} is not a valid URL (its host or port cannot be read).",
+                             param=param, code="invalid_media_url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = parts.scheme or url[:20]
         raise InvalidRequest(
-            f"{field} must be an http(s) URL or a data URL, not '{scheme or url[:20]}'.",
+            f"{field} must be an http(s) URL or a data URL, not '{echo(shown)}'.",
             param=param, code="invalid_media_url",
         )
-    name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    name = posixpath.basename(urllib.parse.unquote(parts.path))
     return MediaPart(kind, param, url, mime="", filename=name)
 
 
@@ -159,7 +171,7 @@ def _audio_part(value: Any, param: str) -> MediaPart:
     if not mime:
         usable = ", ".join(f for f, m in _AUDIO_FORMATS.items() if m)
         raise InvalidRequest(
-            f"{param}.input_audio.format '{fmt}' is not supported; use one of {usable} (raw PCM is not).",
+            f"{param}.input_audio.format '{echo(fmt)}' is not supported; use one of {usable} (raw PCM is not).",
             param=param, code="unsupported_media_type",
         )
     return MediaPart("audio", param, value["data"], mime=mime, filename=f"audio.{_EXTENSIONS[mime]}")
@@ -207,8 +219,13 @@ def with_bytes(part: MediaPart, data: bytes, content_type: str) -> MediaPart:
     if kind != part.kind and not (part.kind == "document" and kind):
         what = mime or "unknown data"
         raise InvalidRequest(
-            f"{part.param}: expected {_article(part.kind)} but got {what}.",
+            f"{part.param}: expected {_article(part.kind)} but got {echo(what)}.",
             param=part.param, code="unsupported_media_type",
+        )
+    if kind == "image" and data and not looks_like_image(data):
+        raise InvalidRequest(
+            f"{part.param}: the data is labelled {echo(mime)} but is not a picture (PNG, JPEG, GIF, WebP, BMP, TIFF "
+            "or HEIC bytes were expected).", param=part.param, code="unsupported_media_type",
         )
     limit = MAX_BYTES[kind]
     if len(data) > limit:
@@ -270,6 +287,14 @@ def sniff(data: bytes) -> str:
     if data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
         return "audio/mpeg"
     return ""
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether the first bytes are those of a picture format the site takes (a label alone proves nothing)."""
+    return sniff(data).startswith("image/") or (data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS)
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
 
 
 # --------------------------------------------------------------------------- types and names

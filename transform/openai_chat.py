@@ -10,11 +10,10 @@ events to chunks, is ``transform.answer``.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from errors import InvalidRequest, ModelNotFound
+from errors import InvalidRequest, ModelNotFound, echo
 from transform import tool_prompts
 from transform.media_parts import MediaPart, check_turn, decode_inline, place_media, split_content
 
@@ -43,13 +42,15 @@ class ModelInfo:
     vision: bool = False
     #: Generation chat types the model offers (``t2i``, ``image_edit``, ``t2v``), from its ``chat_type`` list.
     generates: frozenset[str] = frozenset()
+    #: Whether the site lets thinking be turned off (``info.meta.think_skip.enable``); qwen3.8 models refuse (§14).
+    think_skip: bool = True
 
 
 #: Served by ``/v1/models`` only when the site's list cannot be fetched.
 BUILTIN_MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("qwen3.7-plus", "Qwen3.7-Plus", thinking=True, search=True, vision=True,
               generates=frozenset({"t2i", "image_edit", "t2v"})),  # as in the models fixture
-    ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True),
+    ModelInfo("qwen3.8-max", "Qwen3.8-Max", thinking=True, search=True, vision=True, think_skip=False),
     ModelInfo("qwen3.7-max", "Qwen3.7-Max", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.6-plus", "Qwen3.6-Plus", thinking=True, search=True, vision=True),
     ModelInfo("qwen3.5-plus", "Qwen3.5-Plus", thinking=True, search=True, vision=True),
@@ -93,13 +94,20 @@ def _model_info(item: Mapping[str, Any]) -> ModelInfo:
         search="search" in chat_types or caps.get("search") is True,
         vision=able("vision"),
         generates=frozenset(kind for _, kind in MEDIA_SUFFIXES if kind in chat_types),
+        think_skip=_think_skip(meta),
     )
+
+
+def _think_skip(meta: Mapping[str, Any]) -> bool:
+    """Only an explicit ``think_skip: {"enable": false}`` forbids thinking off; older lists lack the key."""
+    think_skip = meta.get("think_skip")
+    return not (isinstance(think_skip, Mapping) and think_skip.get("enable") is False)
 
 
 def model_variants(model: ModelInfo) -> list[str]:
     """The ids this proxy exposes for one upstream model (§3.3)."""
     ids = [model.id]
-    modes = [THINKING_SUFFIX, FAST_SUFFIX] if model.thinking else []
+    modes = [] if not model.thinking else [THINKING_SUFFIX, FAST_SUFFIX] if model.think_skip else [THINKING_SUFFIX]
     ids += [model.id + m for m in modes]
     if model.search:
         ids += [model.id + SEARCH_SUFFIX] + [model.id + m + SEARCH_SUFFIX for m in modes]
@@ -143,6 +151,9 @@ def resolve_model(requested: str, models: Sequence[ModelInfo], default_model: st
             base, thinking = base[: -len(suffix)], value
             break
     model = by_id.get(base)
+    if model is not None and thinking is False and model.thinking and not model.think_skip:
+        # A "-fast" id from an older model list: this model refuses thinking off (§14); it runs in Auto.
+        thinking, name = None, base + (SEARCH_SUFFIX if search else "")
     if model is None or name not in {v.lower() for v in model_variants(model)}:
         raise _model_not_found(requested, models)
     return ModelChoice(model, thinking=thinking, search=search)
@@ -179,7 +190,7 @@ def vision_fallback(choice: ModelChoice, models: Sequence[ModelInfo], fallback: 
 def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFound:
     examples = ", ".join(v for m in models[:3] for v in model_variants(m)[:2])
     return ModelNotFound(
-        f"The model '{requested}' does not exist. Try one of: {examples} "
+        f"The model '{echo(requested)}' does not exist. Try one of: {examples} "
         "(GET /v1/models lists them all).",
         param="model",
     )
@@ -188,7 +199,7 @@ def _model_not_found(requested: str, models: Sequence[ModelInfo]) -> ModelNotFou
 # --------------------------------------------------------------------------- requests
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_THINK_TAG = re.compile(r"(?:^|\s+)/(think|no_think)\s*$")  # Cherry Studio appends " /think"
+_THINK_TAGS = (("/no_think", False), ("/think", True))  # Cherry Studio appends " /think"
 _EFFORT_OFF = frozenset({"none", "minimal"})
 
 
@@ -249,8 +260,18 @@ def _optional(body: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidRequest(f"'{key}' has the wrong type.", param=key)
+        wanted = {bool: "a boolean", int: "an integer", Mapping: "an object"}.get(kind, kind.__name__)
+        raise InvalidRequest(f"'{key}' must be {wanted}, not {_json_type(value)}.", param=key)
     return value
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages that say what was sent instead."""
+    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+                       (Mapping, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
 
 
 def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> tuple[str, str, tuple[MediaPart, ...]]:
@@ -258,7 +279,7 @@ def _parse_message(index: int, message: Any, call_names: Mapping[str, str]) -> t
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{param} must be an object.", param=param)
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise InvalidRequest(f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role")
     text, media = split_content(message.get("content"), f"{param}.content")
     if role == "assistant" and message.get("tool_calls"):
@@ -275,13 +296,28 @@ def _strip_think_tags(messages: tuple[tuple[str, str], ...]) -> tuple[tuple[tupl
     result, flag = [], None
     for role, text in messages:
         if role == "user":
-            match = _THINK_TAG.search(text)
-            if match:
-                text, flag = text[: match.start()], match.group(1) == "think"
+            tagged = _think_tag(text)
+            if tagged is not None:
+                text, flag = tagged
             elif flag is not None:
                 flag = None  # a later user turn without a tag: no explicit request
         result.append((role, text))
     return tuple(result), flag
+
+
+def _think_tag(text: str) -> tuple[str, bool] | None:
+    """``text`` without a trailing ``/think`` or ``/no_think`` (after whitespace or alone), and which it was.
+
+    String methods, not a regular expression: a search for "whitespace, then the
+    tag" backtracks quadratically over a long run of spaces (a frozen worker).
+    """
+    body = text.rstrip()
+    for tag, value in _THINK_TAGS:
+        if body.endswith(tag):
+            head = body[: -len(tag)]
+            if not head or head[-1].isspace():
+                return head.rstrip(), value
+    return None
 
 
 def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
@@ -289,7 +325,7 @@ def _thinking_flag(body: Mapping[str, Any]) -> bool | None:
         value = body.get(key)
         if isinstance(value, bool):
             return value
-        if isinstance(value, Mapping) and value.get("type") in {"enabled", "disabled"}:
+        if isinstance(value, Mapping) and value.get("type") in ("enabled", "disabled"):
             return value["type"] == "enabled"
     effort = body.get("reasoning_effort")
     if isinstance(effort, str):
@@ -324,7 +360,7 @@ def _wants_search(body: Mapping[str, Any]) -> bool:
         return True
     tools = body.get("tools")
     return isinstance(tools, list) and any(
-        isinstance(t, Mapping) and t.get("type") in {"web_search", "web_search_preview"} for t in tools
+        isinstance(t, Mapping) and t.get("type") in ("web_search", "web_search_preview") for t in tools
     )
 
 
@@ -363,17 +399,22 @@ def feature_config(thinking: bool | None, search: bool, budget: int | None = Non
 
 
 def resolve_thinking(choice: ModelChoice, request: ChatRequest) -> bool | None:
-    """An explicit request wins over the model suffix; models that cannot think never do."""
+    """An explicit request wins over the model suffix; models that cannot think never do.
+
+    Thinking off on a model that refuses it (``think_skip`` off, §14) becomes
+    Auto, the gear nearest to it: the site would fail the turn instead.
+    """
     if not choice.upstream.thinking:
         return False
-    return request.thinking if request.thinking is not None else choice.thinking
+    wanted = request.thinking if request.thinking is not None else choice.thinking
+    return None if wanted is False and not choice.upstream.think_skip else wanted
 
 
 def new_chat_payload(model: str, chat_type: str, timestamp_ms: int) -> dict[str, Any]:
-    """Body of ``POST /api/v2/chats/new`` (§4)."""
+    """Body of ``POST /api/v2/chats/new`` as the web app sends it (§4, §14: front-end 0.2.81, no ``title``)."""
     return {
-        "chatId": "", "title": "New Chat", "models": [model], "chat_mode": "normal",
-        "chat_type": chat_type, "timestamp": timestamp_ms, "project_id": "",
+        "chatId": "", "models": [model], "project_id": "", "chat_type": chat_type, "chat_mode": "normal",
+        "timestamp": timestamp_ms,
     }
 
 

@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from errors import InvalidRequest
+from errors import InvalidRequest, echo
 from transform import json_schema
 
 OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
@@ -123,7 +123,7 @@ def _parse_tools(raw: Any) -> tuple[Tool, ...]:
             raise InvalidRequest(f"{param}.function.parameters must be a JSON Schema object.",
                                  param=f"{param}.function.parameters")
         if any(t.name == fn["name"] for t in tools):
-            raise InvalidRequest(f"{param}: the function name '{fn['name']}' is used twice.", param=param)
+            raise InvalidRequest(f"{param}: the function name '{echo(fn['name'])}' is used twice.", param=param)
         description = fn.get("description") if isinstance(fn.get("description"), str) else ""
         tools.append(Tool(fn["name"], description, parameters, fn.get("strict") is True))
     return tuple(tools)
@@ -144,7 +144,7 @@ def _parse_tool_choice(raw: Any, tools: Sequence[Tool]) -> tuple[str, str | None
             "'tool_choice' must be 'auto', 'none', 'required' or "
             '{"type": "function", "function": {"name": ...}}.', param="tool_choice")
     if not any(t.name == name for t in tools):
-        raise InvalidRequest(f"tool_choice names '{name}', which is not among 'tools'.", param="tool_choice")
+        raise InvalidRequest(f"tool_choice names '{echo(name)}', which is not among 'tools'.", param="tool_choice")
     return "function", name
 
 

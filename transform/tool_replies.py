@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from errors import ModelOutputInvalid
+from errors import ModelOutputInvalid, echo
 from transform import json_schema
 from transform.answer import StreamTranslator
 from transform.tool_prompts import CLOSE_TAG, OPEN_TAG, AgentSpec, OutputFormat
@@ -29,6 +29,9 @@ _CLOSE = re.compile(re.escape(CLOSE_TAG), re.I)
 _FENCE_TAIL = re.compile(r"(?:^|(?<=\n))[ \t]*(?:```[\w+-]*[ \t]*(?:\n[ \t]*)?|`{1,2})$")
 _FENCE_OPEN = re.compile(r"```([\w+-]*)[ \t]*(\n|$)")
 _MAX_PROBLEMS = 5
+#: The most text held back while it may still open a call: a fence line, or the answer's undecided start.
+#: Anything longer is prose; without a bound, a model's long run of spaces is rescanned on every delta.
+_MAX_HELD = 256
 
 
 # --------------------------------------------------------------------------- parsing calls
@@ -116,13 +119,15 @@ class CallScanner:
             return True
         if rest and not OPEN_TAG.startswith(rest[: len(OPEN_TAG)].lower()):
             self._buf = ""  # text after the calls: dropped
+        else:
+            self._buf = rest  # whitespace between calls is never kept, so it is never rescanned
         return False
 
     def _step_text(self) -> bool:
         found = _OPEN.search(self._buf)
         if found is None:
             if self.opening is None:
-                self.opening = _opens_like_json(self._buf)
+                self.opening = _opens_like_json(self._buf) if len(self._buf) <= _MAX_HELD else False
                 if self.opening is None:
                     return False  # the first line decides; until then all of it stays in the buffer
             keep = self._held_tail(self._buf)
@@ -164,7 +169,7 @@ class CallScanner:
             if OPEN_TAG.startswith(lowered[-size:]):
                 keep = size
                 break
-        fence = _FENCE_TAIL.search(buf, 0, len(buf) - keep)
+        fence = _FENCE_TAIL.search(buf, max(0, len(buf) - _MAX_HELD), len(buf) - keep)
         return len(buf) - fence.start() if fence is not None else keep
 
 
@@ -245,7 +250,8 @@ def check_call(name: str, arguments: Any, spec: AgentSpec) -> Call:
     tool = spec.tool(name)
     if tool is None:
         offered = ", ".join(t.name for t in spec.tools)
-        return Call(name, arguments, [f"there is no function named {name!r} (offered: {offered})"], known=False)
+        return Call(name, arguments, [f"there is no function named '{echo(name)}' (offered: {offered})"],
+                    known=False)
     if spec.choice == "function" and tool.name != spec.forced:
         return Call(tool.name, arguments, [f"this reply must call {spec.forced}, not {tool.name}"], known=False)
     if isinstance(arguments, str):

@@ -246,3 +246,46 @@ def test_parallel_streams_keep_the_pool_consistent(make_proxy, fake):
     assert sum(a["ok"] for a in accounts["accounts"]) == 50
     assert all(a["in_flight"] == 0 and a["failed"] == 0 for a in accounts["accounts"])
     assert accounts["healthy"] == 3
+
+
+# ----------------------------------------------------------------- a spurious refusal (issue 11 §5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("fault", ["http_401", "unauthorized"])
+def test_one_spurious_401_is_retried_once_when_renewal_confirms_the_token(make_proxy, fake, fault, stream):
+    """The session profile hands back the same, valid token: the turn is tried again, the only account stays up."""
+    server = make_proxy(AUTO_REFRESH_TOKEN=False)
+    fake.configure(fault=fault, fault_times=1)
+    reply = server.client().chat.completions.create(**CHAT, stream=stream)
+    text = ("".join(c.choices[0].delta.content or "" for c in reply if c.choices) if stream
+            else reply.choices[0].message.content)
+    assert text == "Hello from fake Qwen."
+    assert len(fake.requests_to("/api/v1/auths/")) == 1  # the renewal that vouched for the token
+    assert len(fake.requests_to("/api/v2/chat/completions")) == 2
+    [account] = health(server)["accounts"]["accounts"]
+    assert (account["state"], account["failed"], account["ok"]) == ("healthy", 0, 1)
+    assert server.app.extensions["qwen2openai"].conversations.janitor.wait_idle(5)
+    refused, answered = [r.query["chat_id"] for r in fake.requests_to("/api/v2/chat/completions")]
+    assert list(fake.chats) == [answered], "the refused turn's chat is deleted, the answered one kept"
+
+
+def test_a_second_refusal_after_renewal_takes_the_account_down(make_proxy, fake):
+    server = make_proxy(AUTO_REFRESH_TOKEN=False)
+    fake.configure(fault="http_401", fault_times=2)
+    with pytest.raises(openai.InternalServerError) as info:
+        server.client().chat.completions.create(**CHAT)
+    assert info.value.status_code == 502
+    assert len(fake.requests_to("/api/v1/auths/")) == 1 and len(fake.requests_to("/api/v2/chat/completions")) == 2
+    [account] = health(server)["accounts"]["accounts"]
+    assert (account["state"], account["last_error"]) == ("down", "auth") and account["cooldown_s"] > 500
+
+
+def test_a_failed_renewal_takes_the_account_down(make_proxy, fake):
+    server = make_proxy(AUTO_REFRESH_TOKEN=False)
+    fake.invalid_tokens.add(pool_of(server).identities[0].token)  # revoked: the session profile refuses it too
+    with pytest.raises(openai.InternalServerError):
+        server.client().chat.completions.create(**CHAT)
+    assert len(fake.requests_to("/api/v1/auths/")) == 1
+    [account] = health(server)["accounts"]["accounts"]
+    assert (account["state"], account["last_error"]) == ("down", "auth")

@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from identity_pool import MemoryStore
+from config import Settings
 from qwen_client import conversations as cv
 from transform.tool_prompts import format_call
 from tests.helpers import TOKEN
@@ -153,7 +154,7 @@ def test_a_300kb_history_is_offloaded_rather_than_challenged(client, fake):
     history.append({"role": "user", "content": "And now the summary, please."})
     assert client.chat.completions.create(model=MODEL, messages=history).choices[0].message.content == "fine"
     [sent] = fake.requests_to(COMPLETIONS)
-    assert len(sent.body.decode("utf-8")) < 62_000
+    assert len(sent.body) <= Settings.MAX_TURN_BYTES
     message = sent.json["messages"][0]
     assert [f["name"] for f in message["files"]] == [cv.CONTEXT_FILE]
     assert message["content"].endswith("And now the summary, please.") and "step 0" not in message["content"]
@@ -164,7 +165,7 @@ def test_a_300kb_history_is_offloaded_rather_than_challenged(client, fake):
 
 def test_a_huge_newest_message_goes_whole_into_the_document(client, fake):
     fake.configure(answer="read it", parse_polls=0)
-    text = "Please review: " + "x" * 70_000
+    text = "Please review: " + "x" * 130_000
     assert client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": text}]).choices[0].message.content == "read it"
     message = fake.requests_to(COMPLETIONS)[-1].json["messages"][0]
@@ -178,7 +179,7 @@ def test_a_huge_tool_result_in_a_continued_chat_is_offloaded_there(client, fake)
     fake.script(format_call("read_file", {}), "It is long.")
     history = []
     call = ask(client, history, "Read it.", tools=[tool]).tool_calls[0]
-    history.append({"role": "tool", "tool_call_id": call.id, "content": "line\n" * 20_000})
+    history.append({"role": "tool", "tool_call_id": call.id, "content": "line\n" * 30_000})
     assert client.chat.completions.create(model=MODEL, messages=history, tools=[tool]).choices[0].message.content == "It is long."
     first, second = turns(fake)
     assert second[0] == first[0] and second[2].startswith("This conversation, up to and including")
@@ -186,14 +187,14 @@ def test_a_huge_tool_result_in_a_continued_chat_is_offloaded_there(client, fake)
 
 
 @pytest.mark.parametrize(("settings", "body", "tried"), [
-    ({"OFFLOAD_CONTEXT": False}, {"messages": [{"role": "user", "content": "x" * 70_000}]}, False),
+    ({"OFFLOAD_CONTEXT": False}, {"messages": [{"role": "user", "content": "x" * 130_000}]}, False),
     ({}, {"messages": [{"role": "user", "content": "hi"}],
-          "tools": [{"type": "function", "function": {"name": "t", "description": "d" * 70_000}}]}, True),
+          "tools": [{"type": "function", "function": {"name": "t", "description": "d" * 130_000}}]}, True),
 ])
 def test_a_turn_that_cannot_fit_is_a_clear_400(make_proxy, fake, settings, body, tried):
     with pytest.raises(openai.BadRequestError) as info:
         make_proxy(**settings).client().chat.completions.create(model=MODEL, **body)
-    assert info.value.code == "context_length_exceeded" and "MAX_TURN_CHARS" in info.value.message
+    assert info.value.code == "context_length_exceeded" and "MAX_TURN_BYTES" in info.value.message
     assert ("even with the conversation in an attached document" in info.value.message) is tried
     assert not fake.requests_to("/api/v2/chats/new") and not fake.requests_to(COMPLETIONS)
 
@@ -320,3 +321,25 @@ def test_forget_chat_drops_its_keys_without_deleting():
     store.forget_chat("chat-1")
     store.sweep(force=True)
     assert not store.holds("chat-1") and dropped == []
+
+
+def test_an_idle_conversation_is_deleted_on_a_timer_without_further_traffic(make_proxy, fake, fake_server):
+    """The README's promise: a chat idle for CHAT_TTL is deleted, even when no later request comes."""
+    mine = browser_chat(fake_server.base_url)
+    fake.configure(answer="kept for a while")
+    proxy = make_proxy(CHAT_TTL=2.0)
+    proxy.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    [(chat_id, _, _)] = turns(fake)
+    assert chat_id in fake.chats, "a conversation that can be continued keeps its chat until it idles out"
+    deleted = fake.wait_request(f"/api/v2/chats/{chat_id}", method="DELETE", timeout=8)
+    assert deleted is not None, "no request came, yet the idle chat must be swept"
+    assert proxy.app.extensions["qwen2openai"].conversations.janitor.wait_idle(5)
+    assert list(fake.chats) == [mine]
+    assert len(fake.requests_to("/v1/chat/completions")) == 0 and len(fake.requests_to(COMPLETIONS)) == 1
+
+
+def test_the_sweeper_starts_with_the_app_and_stops_on_close(make_proxy, fake):
+    janitor = make_proxy(CHAT_TTL=0.5).app.extensions["qwen2openai"].conversations.janitor
+    assert janitor.running, "the factory starts the sweeper"
+    janitor.close()
+    assert not janitor.running

@@ -6,6 +6,7 @@ packages (``.ci/run`` installs it); without it the module is skipped locally and
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -102,7 +103,7 @@ http {{
 class Stack:
     """nginx → gunicorn (gevent) → app, against the session's emulator."""
 
-    def __init__(self, upstream: FakeQwenServer, tmp: Path) -> None:
+    def __init__(self, upstream: FakeQwenServer, tmp: Path, **settings: str) -> None:
         self.tmp, self.app_port, self.port = tmp, _free_port(), _free_port()
         self.url, self.app_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.app_port}"
         self.app_log = tmp / "gunicorn.log"
@@ -112,7 +113,7 @@ class Stack:
                "STATE_FILE": str(tmp / "state.sqlite3"), "QWEN_AUTH_URL": upstream.base_url,
                "QWEN_OSS_ENDPOINT": upstream.base_url,
                # A long message goes inline, so the 5 MB test sees all of it reach the site's completions call.
-               "OFFLOAD_CONTEXT": "false", "MAX_TURN_CHARS": "10000000"}
+               "OFFLOAD_CONTEXT": "false", "MAX_TURN_BYTES": "10000000", **settings}
         # The documented production command, run by this interpreter.
         with self.app_log.open("wb") as log:
             self.gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
@@ -189,7 +190,7 @@ def test_sdk_through_the_whole_stack(stack, fake):
 
 
 def test_a_5_mb_request_passes(stack, fake):
-    fake.configure(x5sec_body_chars=None, answer="Read it all.")  # the real site refuses long bodies; not our concern here
+    fake.configure(x5sec_body_bytes=None, answer="Read it all.")  # the real site refuses long bodies; not our concern here
     text = "word " * 1_000_000
     reply = stack.client().chat.completions.create(model="qwen3.7-plus", messages=[{"role": "user", "content": text}])
     assert reply.choices[0].message.content == "Read it all."
@@ -204,6 +205,25 @@ def test_client_hang_up_reaches_the_site(stack, fake):
     assert fake.open_streams == 1
     resp.close()
     assert fake.wait_streams_closed(timeout=5), "the hang-up went through nginx, gunicorn and the app to the site"
+
+
+def test_a_hang_up_while_the_site_is_silent_reaches_it_within_two_seconds_under_gevent(fake_server, fake, tmp_path):
+    """Default 15 s pings, so only the proxy's look at its client's socket can notice in time (gevent, nginx)."""
+    tmp_path.chmod(0o755)
+    quiet = Stack(fake_server, tmp_path, PING_INTERVAL_SECONDS="15").start()
+    try:
+        for url in (quiet.url, quiet.app_url):  # through nginx, and gunicorn alone
+            assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
+            fake.configure(answer="ab", chunk_chars=1, chunk_delay=30.0)  # "a", then 30 s of silence
+            resp, chunks = _open(url)
+            _read_until(chunks, b'"a"')
+            assert fake.open_streams == 1
+            resp.close()
+            gave_up = time.monotonic()
+            assert fake.wait_streams_closed(timeout=3), f"{url}: the site still streams to a client that left"
+            assert time.monotonic() - gave_up < 2.5
+    finally:
+        quiet.stop()
 
 
 def test_access_log_keeps_secrets_out(stack, fake):
@@ -261,3 +281,25 @@ def test_docker_image_copies_every_package_of_the_service():
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert packages == {"routes", "qwen_client", "identity_pool", "transform"}
     assert "*.py" in copied and packages <= copied, f"not copied into the image: {packages - copied}"
+
+
+def test_a_run_of_spaces_does_not_freeze_the_worker(stack, fake):
+    # The reported request: one gevent worker serves everyone, so a quadratic scan of it stopped /health too.
+    body = json.dumps({"model": "qwen3-max", "messages": [{"role": "user", "content": "a" + " " * 200_000 + "b"}]})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, stack.url + "/v1/chat/completions", data=body,
+                              headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+        health = requests.get(stack.url + "/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"]
+        answer = pending.result(timeout=40)
+    assert answer.status_code in (200, 404), answer.text[:300]  # an answer, or "no such model": either way, at once
+    assert "choices" in answer.json() or answer.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_browser_sized_cookie_in_client_mode_reaches_the_app(stack):
+    # Client mode sends "key;token;cookie" in Authorization; browsers' Qwen cookies run past 8 KB.
+    bearer = f"Bearer {API_KEY};;ssxmod_itna={'c' * 9000}"
+    resp = requests.get(stack.url + "/v1/models", headers={"Authorization": bearer}, timeout=10)
+    # The app's own answer (this stack is in server mode, so the whole value is taken as the key), not
+    # nginx's or gunicorn's refusal of a long header.
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key", resp.text[:300]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
@@ -282,3 +285,50 @@ def test_gunicorn_style_import_with_a_bad_value_prints_one_line():
 def test_import_does_no_work():
     code = "import threading, app; assert threading.active_count() == 1; assert 'app' not in vars(app)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=30)
+
+
+def _run_app(port: int, cwd: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "app.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin", "CONFIG_FILE": "", "COOKIE_FILE": "",
+                                                     "TOKEN_STORE_FILE": "", "AUTO_REFRESH_TOKEN": "false",
+                                                     "HOST": "127.0.0.1", "PORT": str(port), **env})
+
+
+def test_a_busy_port_names_the_setting_to_change(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # a real listener holds the port
+        port = taken.getsockname()[1]
+        process = _run_app(port, tmp_path)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0] and "PORT" in lines[0] and "HOST" in lines[0]
+    assert "Either identify and stop" not in err and "Traceback" not in err
+
+
+def test_python_app_py_serves_on_the_port_it_is_given(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    process = _run_app(port, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "python app.py never answered"
+                time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["status"] == "no_account"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+
+
+def test_an_address_not_of_this_machine_names_host_and_port(tmp_path):
+    process = _run_app(8000, tmp_path, HOST="192.0.2.1")  # TEST-NET-1: never a local address
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert err.strip().splitlines() == [err.strip()] and "192.0.2.1:8000" in err and "HOST and PORT" in err

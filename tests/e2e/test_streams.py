@@ -250,3 +250,56 @@ def test_environment_proxies_are_read_once_per_site_and_honour_no_proxy(monkeypa
     assert session.merge_environment_settings(url, {}, None, None, None)["proxies"], "read once, not on every call"
     fresh = new_session(4).merge_environment_settings(url, {}, None, None, None)
     assert "https" not in fresh["proxies"] and fresh["verify"] is True
+
+
+# ----------------------------------------------------------------- hang-ups while the site is silent (issue 11 §5)
+
+
+def test_a_hang_up_while_the_site_thinks_reaches_the_site_within_two_seconds(make_proxy, fake):
+    """The site is silent for 30 s before its first token; the client gives up after 1 s (with the default
+    15 s pings, the proxy used to notice only at the next one, and the site kept generating)."""
+    assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
+    fake.configure(first_token_delay=30.0)
+    server = make_proxy()
+    client = server.client().with_options(timeout=openai.Timeout(1.0, connect=2.0))
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="qwen3.7-plus", messages=MESSAGES, stream=True)
+    gave_up = time.monotonic()
+    assert fake.open_streams == 1, "the upstream stream was open while the client waited"
+    assert fake.wait_streams_closed(timeout=3), "the site still streams to a client that left"
+    assert time.monotonic() - gave_up < 2.5
+    assert _wait_for(lambda: _active(server.url) == 0), "the hang-up gives its admission place back"
+    [account] = requests.get(server.url + "/health", timeout=5).json()["accounts"]["accounts"]
+    assert (account["state"], account["failed"], account["in_flight"]) == ("healthy", 0, 0)
+
+
+def test_a_hang_up_while_the_site_pauses_mid_answer_reaches_the_site_within_two_seconds(make_proxy, fake):
+    assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
+    fake.configure(answer="ab", chunk_chars=1, chunk_delay=30.0)  # "a", then 30 s of silence
+    server = make_proxy()
+    stream = server.client().chat.completions.create(model="qwen3.7-plus", messages=MESSAGES, stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.content == "a"
+    stream.close()
+    gave_up = time.monotonic()
+    assert fake.wait_streams_closed(timeout=3), "the site still streams to a client that left"
+    assert time.monotonic() - gave_up < 2.5
+
+
+def test_a_non_stream_request_abandoned_while_the_site_thinks_is_closed_upstream(make_proxy, fake):
+    assert fake.wait_streams_closed(timeout=5), "streams of earlier tests must have ended"
+    fake.configure(first_token_delay=30.0)
+    server = make_proxy()
+    with pytest.raises(openai.APITimeoutError):
+        server.client().with_options(timeout=openai.Timeout(1.0, connect=2.0)).chat.completions.create(
+            model="qwen3.7-plus", messages=MESSAGES)
+    gave_up = time.monotonic()
+    assert fake.wait_streams_closed(timeout=3) and time.monotonic() - gave_up < 2.5
+
+
+def test_a_slow_but_present_client_is_not_taken_for_gone(make_proxy, fake):
+    """Five seconds of silence with the client still connected: no false hang-up, the answer arrives whole."""
+    fake.configure(answer="late answer", first_token_delay=2.5)
+    server = make_proxy()
+    reply = server.client().chat.completions.create(model="qwen3.7-plus", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in reply if c.choices) == "late answer"

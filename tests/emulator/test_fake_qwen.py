@@ -162,14 +162,42 @@ def test_bearer_without_cookie_gets_x5sec(fake: FakeQwen, base: str) -> None:
     assert len(stream_events(post_turn(base, chat_id, turn_body(chat_id), headers(cookie=False)))) > 2
 
 
-def test_oversized_body_gets_x5sec(fake: FakeQwen, base: str) -> None:
+def sized_body(chat_id: str, char: str, size: int) -> bytes:
+    """A turn body of exactly ``size`` bytes of compact UTF-8 (as the browser sends it), padded with ``char``."""
+    def encode(content: str) -> bytes:
+        return json.dumps(turn_body(chat_id, content), ensure_ascii=False, separators=(",", ":")).encode()
+
+    room = size - len(encode(""))
+    unit = len(char.encode())
+    body = encode(char * (room // unit) + "a" * (room % unit))
+    assert len(body) == size
+    return body
+
+
+def post_raw(base: str, chat_id: str, body: bytes) -> requests.Response:
+    return requests.post(f"{base}/api/v2/chat/completions?chat_id={chat_id}", data=body, headers=headers(),
+                         stream=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("char", ["a", "长", "😀"])  # 1, 3 and 4 bytes of UTF-8 per character
+@pytest.mark.parametrize(("size", "refused"), [(127_999, False), (128_000, True), (140_000, True)])
+def test_the_size_captcha_counts_bytes_of_the_body(fake: FakeQwen, base: str, char: str, size: int,
+                                                   refused: bool) -> None:
     chat_id = new_chat(base)
-    resp = post_turn(base, chat_id, turn_body(chat_id, "长" * 62_000))
-    assert resp.headers["Content-Type"] == "application/json"
-    assert resp.json()["ret"][1].startswith("RGV587_ERROR::SM::")
-    fake.configure(x5sec_body_chars=None)
-    resp = post_turn(base, chat_id, turn_body(chat_id, "长" * 62_000))
-    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    resp = post_raw(base, chat_id, sized_body(chat_id, char, size))
+    if refused:
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.json()["ret"][0] == "FAIL_SYS_USER_VALIDATE" and resp.json()["ret"][1].startswith("RGV587_ERROR::SM::")
+    else:
+        assert resp.headers["Content-Type"].startswith("text/event-stream") and len(stream_events(resp)) > 2
+
+
+def test_44000_chinese_characters_draw_the_size_captcha(fake: FakeQwen, base: str) -> None:
+    chat_id = new_chat(base)  # R1#147: 44,000 characters, ≈129 KB of UTF-8, were refused
+    body = json.dumps(turn_body(chat_id, "长" * 44_000), ensure_ascii=False, separators=(",", ":")).encode()
+    assert post_raw(base, chat_id, body).json()["ret"][0] == "FAIL_SYS_USER_VALIDATE"
+    fake.configure(x5sec_body_bytes=None)
+    assert post_raw(base, chat_id, body).headers["Content-Type"].startswith("text/event-stream")
 
 
 @pytest.mark.parametrize("path", ["/api/v2/chats/new", "/api/v2/chat/completions?chat_id=x"])
@@ -364,6 +392,17 @@ def test_fault_times_and_endpoint(fake: FakeQwen, base: str) -> None:
     assert requests.post(url, json={"models": [MODEL]}, headers=headers(), timeout=TIMEOUT).status_code == 200
 
 
+@pytest.mark.parametrize("fault", ["http_401", "unauthorized"])
+def test_a_spurious_401_fires_once_and_the_same_token_then_works(fake: FakeQwen, base: str, fault: str) -> None:
+    fake.configure(fault=fault, fault_times=1)
+    chat_id = new_chat(base)
+    refused = post_turn(base, chat_id, turn_body(chat_id))
+    assert refused.status_code == 401 if fault == "http_401" else refused.json()["data"]["code"] == "unauthorized"
+    profile = requests.get(f"{base}/api/v1/auths/", headers=headers(), timeout=TIMEOUT).json()
+    assert profile["id"] == "fake-user-0001" and profile["token"]  # the session still vouches for it
+    assert len(stream_events(post_turn(base, chat_id, turn_body(chat_id)))) > 2
+
+
 def test_stream_faults_in_detail(fake: FakeQwen, base: str) -> None:
     chat_id = new_chat(base)
     fake.configure(fault="error_after_content", answer="a" * 64)
@@ -440,3 +479,17 @@ def test_recorded_requests_and_control_api(fake: FakeQwen, base: str) -> None:
     assert [r["path"] for r in logged] == ["/api/v2/chats/new", "/api/v2/chat/completions"]
     requests.post(f"{base}/__fake__/reset", timeout=TIMEOUT).raise_for_status()
     assert fake.requests == [] and fake.scenario.answer == Scenario().answer
+
+
+@pytest.mark.parametrize("silence", [{"first_token_delay": 30.0}, {"chunk_delay": 30.0}, {"stall_after_events": 2}])
+def test_a_client_that_hangs_up_during_a_silence_ends_the_stream(fake: FakeQwen, base: str, silence: dict) -> None:
+    """The site notices a closed connection while it thinks; a 30 s delay must not hold the stream open."""
+    fake.configure(answer="ab", chunk_chars=1, split_writes=False, **silence)
+    chat_id = new_chat(base)
+    resp = post_turn(base, chat_id, turn_body(chat_id, thinking=False))
+    assert next(resp.iter_content(None)).startswith(b"data: ")
+    assert fake.open_streams == 1
+    started = time.monotonic()
+    resp.close()
+    assert fake.wait_streams_closed(timeout=2), "the stream outlived its client"
+    assert time.monotonic() - started < 1.0

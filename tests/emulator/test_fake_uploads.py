@@ -16,6 +16,7 @@ import requests
 from tests.fake_qwen import Scenario, make_jwt
 from tests.fake_qwen.uploads import INVALID_INPUT_DETAILS, OSS_BUCKET, PARSE_ERROR_MSG
 from tests.helpers import PNG, TIMEOUT, bucket_for, grant, put, site
+from tests.helpers import headers as site_headers
 from tests.helpers import UPLOADER_TOKEN as TOKEN
 
 # ------------------------------------------------------------ getstsToken
@@ -181,7 +182,7 @@ def test_scenario_checks_upload_switches():
 
 
 def completion(base: str, files: list) -> requests.Response:
-    headers = {"Cookie": f"token={TOKEN}", "source": "web", "version": "0.2.0"}
+    headers = site_headers(TOKEN, bearer=False)
     chat = requests.post(f"{base}/api/v2/chats/new", json={"models": ["qwen3.7-plus"], "chat_type": "t2t"},
                          headers=headers, timeout=TIMEOUT).json()["data"]["id"]
     message = {"fid": "f1", "role": "user", "content": "what is this?", "files": files, "chat_type": "t2t",

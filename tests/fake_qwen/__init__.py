@@ -8,6 +8,8 @@
 - ``agents``: scripted replies for tool-calling tests.
 - ``uploads``: getstsToken, the OSS PUT it signs for, and document parsing.
 - ``media_out``: image and video generation, with their tasks and CDN.
+- ``drift``: how the site moved in 2026 (§14): two candidate answers, think_skip refusals,
+  the browser header gate and the WAF cookie.
 
 It does not import the proxy: it is the site, not a helper of the client.
 """

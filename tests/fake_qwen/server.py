@@ -1,12 +1,14 @@
 """Offline emulator of chat.qwen.ai's private web API, harsh by default: the site's server side.
 
-What this module owns: the behaviour of the site as written down in
-``shared/qwen-web-protocol.md`` and its captured fixtures — who may call what
+What this module owns: the behaviour of the site as written down in the
+protocol reference (``qwen-web-protocol.md``) and its captures (the ones the
+tests read are copied in ``tests/fixtures/``) — who may call what
 (JWT in the ``token`` cookie or a Bearer header, session profile, sign-in), the
 routes and their handlers (models, ``chats/new``, ``chat/completions``, chat
 management), the measured request gates, the chat state, the request log, the
 switches (:class:`Scenario`) including when each known failure fires, and the
-streaming pump with its delays, disconnect and stall points. What the bytes look
+streaming pump with its delays, disconnect and stall points (a client that hangs up during a delay or
+stall ends the stream, as the site notices it). What the bytes look
 like (tokens, model objects, envelopes, records, fault bodies, events, SSE
 framing) lives in :mod:`tests.fake_qwen.wire`; its public names (``make_jwt``,
 ``DEFAULT_MODELS``, ``FAULTS``, the constants) are re-exported here.
@@ -27,6 +29,8 @@ import copy
 import json
 import logging
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -38,6 +42,10 @@ from werkzeug.wrappers import Request, Response
 
 from tests.fake_qwen.agents import SCRIPT_ROUTES, ScriptedReplies
 from tests.fake_qwen.auth import AUTH_ROUTES, AuthMixin
+from tests.fake_qwen.drift import (
+    WAF_COOKIE, answer_events, drift_checks, issue_waf_cookie, missing_browser_headers, think_skip_frames,
+    thinking_off_refused,
+)
 from tests.fake_qwen.wire import (  # public names re-exported: tests import them from here
     COALESCE_EVENTS, DEFAULT_MODELS, EXPIRED_DETAILS, FAULTS, INSPECTION_DETAILS, INTERNAL_DETAILS,
     INVALID_INPUT_DETAILS, LINE_ENDINGS, QUOTA_DETAILS, SITE, Payload, make_jwt,
@@ -45,7 +53,7 @@ from tests.fake_qwen.wire import (  # public names re-exported: tests import the
 from tests.fake_qwen.wire import (
     REPLY_FAULTS, STREAM_FAULT_FRAMES, chat_detail_of, chat_row, content_parts_of, credentials_of, decode_jwt,
     detail_response, fail_response, fail_body, fault_ids, sse_frame, history_messages, json_response, json_text_response, limit_hit,
-    model_meta, model_records, new_turn, ok_response, profile_record, new_request_id, settings_record, TurnRecord, turn_events,
+    model_meta, model_records, new_turn, ok_response, profile_record, new_request_id, settings_record, TurnRecord,
     turn_switches, StreamWriter, x5sec_body,
 )
 from tests.fake_qwen.media_out import (
@@ -94,11 +102,21 @@ class Scenario(UploadScenario, MediaOutSwitches):
     models_v2_available: bool = True
     usage_input_tokens: int = 812
     reply: Callable[[str], str] | None = None
-    x5sec_body_chars: int | None = 62_000  # measured (§11): a body this long draws x5sec; None = off
+    #: The size captcha (§11, §14): a completion body of this many bytes of UTF-8 or more draws x5sec at
+    #: once. The site counts bytes (44,000 CJK characters ≈ 129 KB were refused, R1#147); "about 128 KB"
+    #: is read at its harsher, decimal end. None = off.
+    x5sec_body_bytes: int | None = 128_000
     token_ttl: int = 30 * 86400  # life of tokens the site issues (sign-in, session renewal)
     access_token_ttl: int = 900  # the auth host's access tokens live 15 minutes (§2.4)
     session_renewal: bool = False  # /api/v1/auths/ renews a session's ageing token; off = same token
     account_faults: dict[str, str] | None = None  # account id -> fault on its chats/new and completions
+    require_browser_headers: bool = True  # a completion without Sec-Fetch-*, timezone, ... draws RGV587 (§1.2)
+    candidates: int = 1  # 2: two candidate answers, interleaved (§14; tests.fake_qwen.drift)
+    candidate_order: str = "followed_first"  # whose deltas come first after both created events
+    candidate_untagged: bool = False  # some deltas of candidate 0 carry no response_id
+    rival_answer: str = ""  # what candidate 1 says (empty: drift.RIVAL_ANSWER twice)
+    candidate_rival_fails: bool = False  # candidate 1 ends in a moderation error tagged with its response_id
+    require_waf_cookie: bool = False  # a completion must carry an acw_tc cookie the site set (R1#132)
 
     def __post_init__(self) -> None:
         checks = [
@@ -109,7 +127,7 @@ class Scenario(UploadScenario, MediaOutSwitches):
             (self.line_ending in LINE_ENDINGS, f"bad line_ending {self.line_ending!r}"),
             (self.chunk_chars >= 1, "chunk_chars must be >= 1"),
             (all(f in FAULTS for f in (self.account_faults or {}).values()), "unknown fault in account_faults"),
-        ] + self._check_uploads() + media_out_checks(self)
+        ] + self._check_uploads() + media_out_checks(self) + drift_checks(self)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -195,6 +213,43 @@ class _AbruptDisconnect(ConnectionAbortedError):
     """Raised inside a stream body: werkzeug drops the socket without the terminating chunk."""
 
 
+class _PeerGone(ConnectionAbortedError):
+    """Raised inside a stream body when the client hung up while the site was silent."""
+
+
+#: How often a silent stream looks at its client's socket: the site notices a hang-up while thinking.
+PEER_CHECK_SECONDS = 0.05
+
+
+def _peer_closed(peer: socket.socket | None) -> bool:
+    """The client closed its side: its socket reads as EOF (or fails). Data waiting means it is still there."""
+    if peer is None:
+        return False
+    try:
+        readable, _, _ = select.select([peer], [], [], 0)
+        return bool(readable) and not peer.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return True
+
+
+class _SilentWait:
+    """``release.wait`` for a stream's delays and stalls that also ends the stream when the client hangs up."""
+
+    def __init__(self, release: threading.Event, peer: socket.socket | None) -> None:
+        self.release, self.peer = release, peer
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = PEER_CHECK_SECONDS if deadline is None else min(PEER_CHECK_SECONDS, deadline - time.monotonic())
+            if step <= 0:
+                return False
+            if self.release.wait(step):
+                return True
+            if _peer_closed(self.peer):
+                raise _PeerGone("fake qwen: the client hung up during a silence")
+
+
 
 # ---------------------------------------------------------------- the site
 
@@ -209,6 +264,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self.requests: list[RecordedRequest] = []
         self.chats: dict[str, dict] = {}
         self.invalid_tokens: set[str] = set()
+        self.waf_cookies: set[str] = set()
         self.sessions: dict[str, str] = {}
         self.refresh_tokens: dict[str, str] = {}
         self.accounts: dict[str, str] = {}
@@ -219,6 +275,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self._emails: dict[str, str] = {}
         self._stops: set[str] = set()
         self._release = threading.Event()
+        self._local = threading.local()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
         self._reset_uploads()
         self._init_script()
@@ -240,6 +297,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             self.requests.clear()
             self.chats.clear()
             self.invalid_tokens.clear()
+            self.waf_cookies.clear()
             self.sessions.clear()
             self.refresh_tokens.clear()
             self.accounts.clear()
@@ -264,6 +322,13 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         with self._lock:
             return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
 
+    def wait_request(self, path: str, method: str | None = None, timeout: float = 5.0) -> RecordedRequest | None:
+        """The first request to ``path`` (with ``method``), waited for up to ``timeout`` seconds."""
+        with self._cond:
+            if self._cond.wait_for(lambda: self.requests_to(path, method), timeout):
+                return self.requests_to(path, method)[0]
+        return None
+
     def wait_streams_closed(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.open_streams == 0, timeout)
@@ -277,8 +342,10 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """The WSGI entry point."""
+        self._local.peer = environ.get("werkzeug.socket")  # streams of this request watch it while silent
         request = Request(environ)
         response = self._dispatch(request)
+        issue_waf_cookie(request, response, self.waf_cookies)
         return response(environ, start_response)
 
     def _dispatch(self, request: Request) -> Response:
@@ -316,8 +383,9 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         entry = RecordedRequest(request.method, request.path, dict(request.args.items()),
                                 HeaderDict(request.headers.items()), dict(request.cookies.items()),
                                 body, parsed)
-        with self._lock:
+        with self._cond:
             self.requests.append(entry)
+            self._cond.notify_all()
 
     def _take_fault(self, scenario: Scenario, kind: str) -> str | None:
         if scenario.fault is None or kind != scenario.fault_endpoint:
@@ -484,10 +552,14 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         cookie, bearer = credentials_of(request)
         if scenario.require_cookie and bearer and not cookie:
             return json_text_response(x5sec_body(bearer))
-        limit = scenario.x5sec_body_chars
-        if limit is not None and len(request.get_data(cache=True).decode("utf-8", "replace")) >= limit:
+        limit = scenario.x5sec_body_bytes
+        if limit is not None and len(request.get_data(cache=True)) >= limit:
             return json_text_response(x5sec_body(new_request_id()))
         user = self._user(request)
+        if scenario.require_browser_headers and missing_browser_headers(request.headers):
+            return json_text_response(x5sec_body(new_request_id()))
+        if scenario.require_waf_cookie and request.cookies.get(WAF_COOKIE) not in self.waf_cookies:
+            return json_text_response(x5sec_body(new_request_id()))
         if scenario.require_version_header and not request.headers.get("version", "").strip():
             return fail_response("Bad_Request", "RequestValidationError: Header 'version': Field required")
         chat_id = request.args.get("chat_id")
@@ -515,9 +587,13 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         meta = model_meta(model_records(scenario.models), model_id)
         turn = new_turn(scenario, chat["id"], message, features.get("output_schema") == "phase")
         chat_type = message.get("chat_type") or chat["chat_type"]
+        if thinking_off_refused(meta, features):
+            return self._sse(scenario, think_skip_frames(chat["id"], turn.parent_fid))
         thinking_on, search_on = turn_switches(features, meta, chat_type)
         self._record_turn(chat, body, message, turn, model_id, thinking_on, search_on)
-        events = turn_events(turn, thinking_on, search_on)
+        events, candidates = answer_events(scenario, turn, thinking_on, search_on)
+        with self._lock:
+            chat["turns"][-1]["candidates"] = candidates
         return self._sse(scenario, events, stop_keys=(chat["id"], turn.response_id))
 
     def _record_turn(self, chat: dict, body: dict, message: dict, turn: TurnRecord, model_id: str,
@@ -543,11 +619,12 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def _sse(self, scenario: Scenario, events: Iterable[Payload], stop_keys: tuple[str, ...] = ()) -> Response:
         """A 200 event-stream whose body honours every framing and timing switch of the scenario."""
-        body = self._stream_body(scenario, events, self._release, stop_keys)
+        waiter = _SilentWait(self._release, getattr(self._local, "peer", None))
+        body = self._stream_body(scenario, events, waiter, stop_keys)
         return Response(body, status=200, content_type=SSE_CONTENT_TYPE, direct_passthrough=True,
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def _stream_body(self, scenario: Scenario, events: Iterable[Payload], release: threading.Event,
+    def _stream_body(self, scenario: Scenario, events: Iterable[Payload], release: _SilentWait,
                      stop_keys: tuple[str, ...]) -> Iterator[bytes]:
         with self._cond:
             self.open_streams += 1
@@ -558,7 +635,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
                 self.open_streams -= 1
                 self._cond.notify_all()
 
-    def _pump(self, scenario: Scenario, events: Iterable[Payload], release: threading.Event,
+    def _pump(self, scenario: Scenario, events: Iterable[Payload], release: _SilentWait,
               stop_keys: tuple[str, ...]) -> Iterator[bytes]:
         """Writes the events; disconnect/stall limits count data events (created included)."""
         out = StreamWriter(scenario)
@@ -586,8 +663,8 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         if scenario.send_done:
             yield "[DONE]"
 
-    def _stall(self, release: threading.Event) -> None:
-        """Holds the connection open, interruptibly, until reset()/close()/release_stalls()."""
+    def _stall(self, release: _SilentWait) -> None:
+        """Holds the connection open, interruptibly, until reset()/close()/release_stalls() or a hang-up."""
         with self._cond:
             self.stalled_streams += 1
             self._cond.notify_all()

@@ -20,7 +20,6 @@ import base64
 import copy
 import hashlib
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -135,7 +134,7 @@ DEFAULT_MODELS: list[dict] = [
         "abilities": {"document": 1, "mcp": 1, "citations": 1, "thinking_budget": 1, "thinking": 1},
         "auto_thinking": True, "auto_search": True, "thinking_format": "summary",
         "chat_type": ["t2t", "search", "artifacts", "web_dev", "deep_research"], "mcp": list(_MCP),
-        "modality": ["text"]}, None),
+        "modality": ["text"], "think_skip": {"enable": False}}, None),  # qwen3.8 refuses thinking off (§14)
     _model("qwen3.5-omni-plus", "Qwen3.5-Omni-Plus", {
         "description": "Qwen3.5-Omni-Plus understands text, images, audio and video...",
         "capabilities": {"vision": True, "document": True, "video": True, "audio": True},
@@ -533,8 +532,8 @@ class StreamWriter:
         if self.pending:
             yield self.take()
 
-    def gap(self, previous: Payload, release: threading.Event) -> Iterator[bytes]:
-        """What happens between two events: the delay (interruptible), then a keep-alive comment."""
+    def gap(self, previous: Payload, release: Any) -> Iterator[bytes]:
+        """What happens between two events: the delay (interruptible: ``release.wait``), then a keep-alive comment."""
         sc = self.scenario
         delay = sc.first_token_delay if _is_created(previous) else sc.chunk_delay
         if delay > 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import threading
 
 import pytest
@@ -212,17 +213,23 @@ def test_a_refused_token_is_renewed_once_and_the_turn_retried():
     assert turn == "turn" and renewals == ["account-1"] and seen[-1] == fresh
 
 
-def test_a_renewal_that_changes_nothing_takes_the_account_down():
+@pytest.mark.parametrize(("refusals", "account", "state", "tries"), [
+    (1, "account-1", "healthy", 2),  # a spurious refusal: the same token, confirmed, works on the retry
+    (2, "account-2", "down", 3),     # refused again after renewal: the account is down, the turn moves on
+])
+def test_a_renewal_that_changes_nothing_still_earns_one_retry(refusals, account, state, tries):
     pool = make_pool(2, renewer=lambda identity: {"token": identity.token})
+    seen = []
 
     def start(identity):
-        if identity.label == "account-1":
+        seen.append(identity.label)
+        if identity.label == "account-1" and seen.count("account-1") <= refusals:
             raise UpstreamAuthError("expired")
         return "turn"
 
-    account, _ = pool.run(start)
-    assert account.label == "account-2"
-    assert pool.health(pool.identities[0]).state == "down"
+    chosen, _ = pool.run(start)
+    assert chosen.label == account and len(seen) == tries
+    assert pool.health(pool.identities[0]).state == state
 
 
 def test_a_burst_of_refusals_renews_once():
@@ -380,6 +387,19 @@ def test_a_crash_while_saving_leaves_a_valid_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before and json.loads(before)["accounts"]["k"]["token"] == "one"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stray_temp_files_of_a_killed_writer_are_removed_on_start(tmp_path):
+    path = tmp_path / "tokens.json"
+    old = [tmp_path / ".tokens.json.abc123.tmp", tmp_path / ".tokens.json.bak.def456.tmp"]
+    fresh = tmp_path / ".tokens.json.live99.tmp"  # another worker writing right now
+    unrelated = tmp_path / ".other.json.xyz.tmp"
+    for stray in (*old, fresh, unrelated):
+        stray.write_text('{"accounts": {"k": {"token": "secret"}}}')
+    for stray in (*old, unrelated):
+        os.utime(stray, (time.time() - 3600, time.time() - 3600))
+    TokenStore(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, unrelated.name])
 
 
 def test_a_damaged_file_falls_back_to_the_backup(tmp_path):

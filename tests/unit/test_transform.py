@@ -400,3 +400,14 @@ def test_response_id_from_either_created_form(event):
 ])
 def test_marker_events_produce_nothing(event):
     assert answer.StreamTranslator("c", "m", 1).feed(event) == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("qwen3-max", "qwen3-max"),
+    ("m" * 5_000_000, "m" * 59 + "…"),
+    ({"type": {"a": [1, 2, 3, 4, 5]}}, "{'type': {'a': [...]}}"),
+    (["x" * 100], None),
+])
+def test_errors_echo_input_briefly(value, expected):
+    from errors import echo
+    assert len(echo(value)) <= 60 and (expected is None or echo(value) == expected)

@@ -7,6 +7,8 @@ import json
 import pytest
 
 import errors
+from config import Settings
+from qwen_client.wire import SIZE_CAPTCHA_BYTES, TurnLimit, encode_body
 from qwen_client.wire import SSEDecoder, decode_event, error_for_body, classify_payload, error_for_status, new_chat_id
 from tests.helpers import FIXTURES
 
@@ -158,3 +160,50 @@ def test_unreadable_events_say_what_they_were():
         decode_event(b"{not json")
     with pytest.raises(errors.RateLimited):
         decode_event(b"<html><body>aliyun_waf_aa</body></html>")
+
+
+# ----------------------------------------------------------------- the size rule counts bytes (§11, §14)
+
+def _body_of(char: str, size: int) -> bytes:
+    """A turn-like body of exactly ``size`` bytes as sent, padded with ``char`` (ASCII to fill the rest)."""
+    room = size - len(encode_body({"messages": [{"content": ""}]}))
+    unit = len(char.encode())
+    body = encode_body({"messages": [{"content": char * (room // unit) + "a" * (room % unit)}]})
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.parametrize(("char", "bytes_each"), [("a", 1), ("é", 2), ("长", 3), ("😀", 4)])
+@pytest.mark.parametrize(("size", "fits"), [(114_687, True), (114_688, True), (114_689, False), (131_072, False)])
+def test_the_turn_limit_counts_utf8_bytes_of_the_body(char, bytes_each, size, fits):
+    body = _body_of(char, size)
+    assert len(char.encode()) == bytes_each
+    assert TurnLimit(114_688).fits(body) is fits
+
+
+@pytest.mark.parametrize(("char", "count", "fits"), [
+    ("a", 44_000, True),      # 44 KB
+    ("长", 38_000, True),     # 114 KB: under 112 KiB
+    ("长", 44_000, False),    # ~132 KB: R1#147's refused paste
+    ("😀", 28_000, True),     # 112 KB
+    ("😀", 29_000, False),    # 116 KB
+])
+def test_same_characters_different_bytes(char, count, fits):
+    body = encode_body({"messages": [{"content": char * count}]})
+    assert TurnLimit(114_688).fits(body) is fits
+
+
+def test_json_escapes_count_as_sent():
+    body = encode_body({"content": 'a"\\\n' * 10})  # each of these 4 characters is 7 bytes on the wire
+    assert len(body) == len('{"content":""}') + 70
+
+
+def test_the_deprecated_character_cap_still_applies_when_set():
+    body = encode_body({"content": "a" * 1000})
+    assert TurnLimit(10_000).fits(body) and not TurnLimit(10_000, max_chars=500).fits(body)
+    assert "MAX_TURN_CHARS" in TurnLimit(10_000, max_chars=500).refusal(body).message
+    assert "MAX_TURN_BYTES" in TurnLimit(500).refusal(body).message
+
+
+def test_the_default_limit_keeps_a_margin_under_the_captcha():
+    assert Settings.MAX_TURN_BYTES <= 0.9 * SIZE_CAPTCHA_BYTES < SIZE_CAPTCHA_BYTES <= 128 * 1024
