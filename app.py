@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from config import ConfigError, Settings, load_settings
 from errors import ProxyError, echo
-from identity_pool import IdentityPool, new_session
+from identity_pool import IdentityPool, StoreError, new_session, open_store
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
 from routes import MemoryResponseStore, responses_bp
@@ -45,11 +45,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep OpenAI field order
     app.json.ensure_ascii = False
     client = QwenClient(settings)
-    pool = IdentityPool.from_settings(settings, renewer=client.renew_token)
+    try:  # one store object for accounts, conversations, uploads and counters (README: several workers)
+        state = open_store(settings)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    pool = IdentityPool.from_settings(settings, renewer=client.renew_token, state=state)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
-    uploader = Uploader(client)
-    chats = Conversations(client, settings, uploader)
+    uploader = Uploader(client, state)
+    chats = Conversations(client, settings, uploader, state, pool.find)
     responses = MemoryResponseStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS)  # Responses API, by id
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses)
     install_redaction(settings)
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
-    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS)
+    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS, state if settings.GLOBAL_LIMITS else None)
     app.wsgi_app = admission  # type: ignore[method-assign]
     app.extensions["qwen2openai.admission"] = admission
     if not len(pool):
@@ -162,7 +166,12 @@ def __getattr__(name: str) -> Any:
             print(f"configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         configure_logging(settings.DEBUG_MODE)
-        globals()["app"] = create_app(settings)
+        try:
+            globals()["app"] = create_app(settings)
+        except ConfigError as exc:  # e.g. a state store that does not answer
+            print(f"configuration error: {exc}", file=sys.stderr)
+            # Not SystemExit: gunicorn then reports "Worker failed to boot" and stops instead of retrying forever.
+            raise RuntimeError(str(exc)) from None
         return globals()["app"]
     raise AttributeError(name)
 
@@ -179,7 +188,11 @@ def main() -> int:
         print(listen_error(settings.HOST, settings.PORT, exc), file=sys.stderr)
         return 1
     configure_logging(settings.DEBUG_MODE)
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     with listener:
         server = make_server(settings.HOST, settings.PORT, application, threaded=True, fd=listener.fileno())
     logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)

@@ -87,6 +87,13 @@ class Settings:
     #: Renewed tokens are kept here across restarts (never in config.json or cookie.txt); empty = off.
     TOKEN_STORE_FILE: str = str(BASE_DIR / "data" / "tokens.json")
     TOKEN_REFRESH_MARGIN_MINUTES: float = 60.0
+    #: State every worker shares (accounts, tokens, conversations, uploads, counters): one SQLite file in
+    #: the data directory; empty = each process keeps its own in memory (one process only).
+    STATE_FILE: str = str(BASE_DIR / "data" / "state.sqlite3")
+    #: ``redis://host:6379/0``: keep the shared state in Redis instead, for several hosts.
+    REDIS_URL: str = ""
+    #: MAX_CONCURRENT_REQUESTS and ACCOUNT_MAX_CONCURRENCY count across all workers and hosts, not per process.
+    GLOBAL_LIMITS: bool = False
     TOKEN_REFRESH_CHECK_SECONDS: float = 60.0
     #: Pool: consecutive failures before an account is taken out, and its first cool-down.
     POOL_FAILURE_THRESHOLD: int = 3
@@ -268,6 +275,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "QWEN_BX_UA": _optional_header_value,
     "QWEN_BX_UMIDTOKEN": _optional_header_value,
     "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
+    "GLOBAL_LIMITS": _parse_bool,
     "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
     "POOL_FAILURE_THRESHOLD": _positive(int),
     "POOL_COOLDOWN_SECONDS": _positive(float),

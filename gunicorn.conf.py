@@ -19,8 +19,8 @@ except ConfigError as exc:
 
 bind = f"{_settings.HOST}:{_settings.PORT}"
 worker_class = "gevent"
-# One process by default: account state (turn-taking, cool-downs) lives in the process.
-# WEB_CONCURRENCY=N runs N workers, each with its own accounts state and its own request cap.
+# One process by default; WEB_CONCURRENCY=N runs N workers (about one per core), which share the account
+# state, conversations and counters through STATE_FILE (or REDIS_URL): README "Several workers and hosts".
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # Room above the app's cap, so a request past it is accepted and refused with a 429 by the app
 # instead of waiting unaccepted in the listen queue.

@@ -1,6 +1,8 @@
 """The production setup under load: the proxy under gunicorn + gevent (one worker) against the emulator.
 
     python -m bench.serve [--quick] [--levels 1,50,500] [--hold 500,1000,2000,3000] [--relay-events 50000]
+                          [--workers 1] [--state sqlite|memory|redis]
+    python -m bench.serve --scale [--levels 1,50,500]   # 1, 2 and 4 workers, SQLite and Redis, vs direct
 
 Starts the emulator (``bench.emulator``) and ``gunicorn -c gunicorn.conf.py app:app`` on loopback,
 drives them from this process with gevent, and prints a table and one JSON line:
@@ -94,12 +96,20 @@ class Services:
         argv = [sys.executable, "-m", "bench.emulator", "--port", str(port)]
         return self.start(f"emulator-{port}", argv + (["--replay", str(replay)] if replay else []), port)
 
-    def proxy(self, port: int, upstream: int) -> int:
-        """gunicorn with the production config; returns its worker's pid."""
+    def redis(self) -> str:
+        """A redis-server on a free loopback port, saving nothing; its URL."""
+        port = _free_port()
+        self.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", str(self.log_dir)], port)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def proxy(self, port: int, upstream: int, workers: int = 1, state: dict[str, str] | None = None) -> int:
+        """gunicorn with the production config; returns its (first) worker's pid."""
+        state = {"STATE_FILE": str(self.log_dir / f"state-{port}.sqlite3")} if state is None else state
         env = {"CONFIG_FILE": "", "COOKIE_FILE": "", "TOKEN_STORE_FILE": "", "QWEN_TOKEN": TOKEN, "API_KEY": KEY,
                "HOST": "127.0.0.1",
                "PORT": str(port), "QWEN_BASE_URL": f"http://127.0.0.1:{upstream}", "MAX_CONCURRENT_REQUESTS": "5000",
-               "WEB_CONCURRENCY": "1"}
+               "WEB_CONCURRENCY": str(workers), **state}
         master = self.start(f"gunicorn-{port}", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
                             port, env)
         children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
@@ -107,6 +117,11 @@ class Services:
         while not children.read_text().split() and time.monotonic() < deadline:
             time.sleep(0.05)
         return int(children.read_text().split()[0])
+
+    def stop_one(self, process: subprocess.Popen) -> None:
+        process.terminate()
+        process.wait(timeout=30)
+        self.processes.remove(process)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -332,6 +347,29 @@ def report(figures: dict) -> None:
     print(json.dumps(figures, separators=(",", ":")))
 
 
+def scale(services: Services, emulator: int, levels: list[int], turns: dict[int, int], rounds: int) -> list[dict]:
+    """Latency and throughput of 1, 2 and 4 workers with SQLite and with Redis, each against direct."""
+    redis_url, rows = services.redis(), []
+    for state in ("sqlite", "redis"):
+        for workers in (1, 2, 4):
+            port = _free_port()
+            env = {"REDIS_URL": redis_url} if state == "redis" else None
+            services.proxy(port, emulator, workers, env)
+            process = services.processes[-1]
+            gevent.sleep(2 + workers)  # every worker booted, not only the first
+            print(f"{workers} worker(s), {state}:", file=sys.stderr)
+            for level, row in latency(emulator, port, levels, turns, rounds).items():
+                rows.append({"workers": workers, "state": state, "concurrent": int(level), **row})
+            services.stop_one(process)
+    print(f"\n{'workers':>7} {'state':>6} {'concurrent':>10} {'added TTFB p50':>15} {'p99':>10} "
+          f"{'proxy turns/s':>14} {'direct':>8} {'vs direct':>9}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['state']:>6} {r['concurrent']:>10} {r['added_ttfb_p50_ms']:13.2f}ms "
+              f"{r['added_ttfb_p99_ms']:8.2f}ms {r['proxy']['turns_per_s']:14.1f} {r['direct']['turns_per_s']:8.1f} "
+              f"{r['throughput_vs_direct']:8.2f}x")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns and levels: a smoke run")
@@ -339,6 +377,10 @@ def main() -> None:
     parser.add_argument("--hold", default="500,1000,2000,3000")
     parser.add_argument("--relay-events", type=int, default=50000)
     parser.add_argument("--rounds", type=int, default=2, help="alternating direct/proxy rounds per level")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (WEB_CONCURRENCY)")
+    parser.add_argument("--scale", action="store_true", help="only latency, for 1, 2 and 4 workers × SQLite, Redis")
+    parser.add_argument("--state", choices=("sqlite", "memory", "redis"), default="sqlite",
+                        help="the shared state: the default SQLite file, per-process memory, or a redis-server")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     hold_levels = [int(x) for x in args.hold.split(",")]
@@ -353,7 +395,17 @@ def main() -> None:
     try:
         emulator, proxy, replay, relay_proxy = (_free_port() for _ in range(4))
         services.emulator(emulator)
-        worker = services.proxy(proxy, emulator)
+        if args.scale:
+            rows = scale(services, emulator, levels, turns, args.rounds)
+            print(json.dumps({"scale": rows, "load_average_at_start": load_at_start,
+                              "load_average_at_end": os.getloadavg()[0]}, separators=(",", ":")))
+            return
+        state = None  # the default: a SQLite file
+        if args.state == "memory":
+            state = {"STATE_FILE": ""}
+        elif args.state == "redis":
+            state = {"REDIS_URL": services.redis()}
+        worker = services.proxy(proxy, emulator, args.workers, state)
         services.emulator(replay, replay=args.relay_events)
         relay_worker = services.proxy(relay_proxy, replay)
         print(f"emulator :{emulator}, proxy :{proxy} (worker {worker}); logs in {services.log_dir}", file=sys.stderr)
@@ -362,6 +414,7 @@ def main() -> None:
             "hold": hold(emulator, proxy, worker, hold_levels),
             "relay": relay(relay_proxy, relay_worker, args.relay_events, max(3, args.rounds)),
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()[0],
+            "workers": args.workers, "state": args.state,
         }
     finally:
         services.stop()

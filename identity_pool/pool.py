@@ -1,8 +1,10 @@
 """The ``IdentityPool`` that hands accounts out: their health, failover, cool-downs and token renewal.
 
-The pool owns every account's health behind one lock: it picks accounts
+The pool keeps every account's health and token in the shared state store
+(``identity_pool.state``), so all workers and hosts agree: it picks accounts
 round-robin, learns from each outcome, cools broken accounts down, fails a
-turn over to another account and renews tokens before they lapse.
+turn over to another account and renews tokens before they lapse, each token
+once cluster-wide under a lock in the store.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from identity_pool.accounts import Identity, jwt_claims, mask
+from identity_pool.accounts import Identity, mask
+from identity_pool.state import MemoryStore, StateStore
 from identity_pool.token_store import TokenStore
+from identity_pool.tokens import Renewer, Tokens
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +78,8 @@ class PoolPolicy:
     queue_timeout: float = 30.0  # how long a turn waits for a busy account
     refresh_margin: float = 3600.0  # renew a token this long before it expires
     refresh_interval: float = 6 * 3600.0  # and at least this often
+    global_limits: bool = False  # max_concurrency counts every worker's turns (from the shared store)
+    trial_timeout: float = 600.0  # a half-open trial not reported by then (its worker died) no longer blocks
 
     @classmethod
     def from_settings(cls, settings: Any) -> PoolPolicy:
@@ -86,12 +92,13 @@ class PoolPolicy:
             queue_timeout=settings.ACCOUNT_QUEUE_TIMEOUT,
             refresh_margin=settings.TOKEN_REFRESH_MARGIN_MINUTES * 60,
             refresh_interval=settings.TOKEN_REFRESH_INTERVAL_HOURS * 3600,
+            global_limits=settings.GLOBAL_LIMITS,
         )
 
 
 @dataclasses.dataclass
 class Health:
-    """One account's standing; mutated only under the pool's lock."""
+    """One account's standing, as the shared store keeps it; changed only by atomic updates there."""
 
     state: str = "healthy"  # healthy | degraded | down
     streak: int = 0  # consecutive failures
@@ -100,6 +107,7 @@ class Health:
     last_error: str | None = None
     in_flight: int = 0
     trial: bool = False  # a half-open trial turn is out
+    trial_until: float = 0.0  # ...until then at the latest
     ok: int = 0
     failed: int = 0
     next_refresh: float = 0.0  # earliest next proactive renewal attempt
@@ -107,11 +115,31 @@ class Health:
     quota_until: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _copy(health: Health) -> Health:
-    return dataclasses.replace(health, quota_until=dict(health.quota_until))
+def _load(value: Any) -> Health:
+    """A stored health entry (``None``: never seen) as a ``Health``; unknown fields are ignored."""
+    if not isinstance(value, dict):
+        return Health()
+    return Health(**{k: v for k, v in value.items() if k in _FIELDS})
 
 
-Renewer = Callable[[Identity], dict[str, Any]]
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Health))
+
+
+def _dump(health: Health) -> dict[str, Any]:
+    """``Health`` as stored (``dataclasses.asdict`` deep-copies, at 5x the cost on every turn)."""
+    out = dict(health.__dict__)
+    out["quota_until"] = dict(health.quota_until)
+    return out
+
+
+def _health_key(identity: Identity) -> str:
+    return f"health:{identity.key}"
+
+
+def _token_key(identity: Identity) -> str:
+    return f"token:{identity.key}"
+
+
 Preference = Callable[[Identity], bool]
 
 
@@ -121,8 +149,12 @@ class IdentityPool:
     ``run(start)`` is the whole story of one turn: pick an account, call
     ``start(identity)``, and on a failure before any output renew the token or
     move on to another account. The caller releases the account it got back
-    with ``release(identity, error)`` when the turn ends.
+    with ``release(identity, error)`` when the turn ends. Health and tokens live
+    in ``state`` (one process's memory unless a shared store is given).
     """
+
+    #: A renewal holds the account's lock at most this long (a dead worker's lock lapses then).
+    RENEW_LOCK_SECONDS = 90.0
 
     def __init__(
         self,
@@ -131,37 +163,43 @@ class IdentityPool:
         policy: PoolPolicy | None = None,
         store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
+        state: StateStore | None = None,
     ) -> None:
         self.identities = list(identities)
         self.policy = policy or PoolPolicy()
         self._renewer = renewer
-        self._store = store
+        self._state = state if state is not None else MemoryStore()
         self._clock = clock
-        self._health = {id(i): Health() for i in self.identities}
+        self._local = {id(i): 0 for i in self.identities}  # this process's turns per account
+        self._next_refresh = {id(i): 0.0 for i in self.identities}
         self._next = 0
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
-        if store is not None:
-            self._restore(store.load())
+        self._tokens = Tokens(self._state, renewer, store, self.RENEW_LOCK_SECONDS)
+        self._tokens.restore(self.identities)
 
     @classmethod
-    def from_settings(cls, settings: Any, renewer: Renewer | None = None) -> IdentityPool:
+    def from_settings(cls, settings: Any, renewer: Renewer | None = None,
+                      state: StateStore | None = None) -> IdentityPool:
         size = settings.UPSTREAM_POOL_SIZE
         identities = [Identity(cookie=c, pool_size=size) for c in settings.COOKIE]
         identities += [Identity(token=t, pool_size=size) for t in settings.QWEN_TOKEN]
         for n, identity in enumerate(identities, 1):
             identity.label = f"account-{n}"
         store = TokenStore(settings.TOKEN_STORE_FILE) if settings.TOKEN_STORE_FILE else None
-        return cls(identities, renewer, PoolPolicy.from_settings(settings), store)
+        return cls(identities, renewer, PoolPolicy.from_settings(settings), store, state=state)
 
     def __len__(self) -> int:
         return len(self.identities)
 
     def health(self, identity: Identity) -> Health:
-        with self._lock:
-            return _copy(self._health[id(identity)])
+        return _load(self._state.get(_health_key(identity)))
+
+    def find(self, account: str) -> Identity | None:
+        """The pooled account with this id (or label), e.g. the owner of a stored conversation."""
+        return next((i for i in self.identities if (i.account_id or i.label) == account), None)
 
     # -- handing out -----------------------------------------------------
 
@@ -184,15 +222,15 @@ class IdentityPool:
             )
         skip = {id(i) for i in exclude}
         deadline = time.monotonic() + self.policy.queue_timeout  # real time, whatever the clock says
-        with self._lock:
-            while True:
-                identity, busy = self._pick(skip, prefer, feature)
-                if identity is not None:
-                    break
-                wait = deadline - time.monotonic()
-                if not busy or wait <= 0:
-                    raise self._unavailable(skip, busy, feature)
-                self._freed.wait(min(wait, 1.0))
+        while True:
+            identity, busy, healths = self._pick(skip, prefer, feature)
+            if identity is not None:
+                break
+            wait = deadline - time.monotonic()
+            if not busy or wait <= 0:
+                raise self._unavailable(healths, skip, busy, feature)
+            with self._lock:  # a release here wakes us; one elsewhere is seen on the next look
+                self._freed.wait(min(wait, 0.05 if self._state.shared else 1.0))
         if not identity.token:
             try:
                 self.renew(identity, stale="")
@@ -203,36 +241,69 @@ class IdentityPool:
 
     def _pick(
         self, skip: set[int], prefer: Preference | None = None, feature: str | None = None,
-    ) -> tuple[Identity | None, bool]:
-        """Round-robin choice under the lock; ``busy`` says a slot may free up soon."""
-        now, busy, count = self._clock(), False, len(self.identities)
+    ) -> tuple[Identity | None, bool, dict[int, Health]]:
+        """Round-robin choice over the stored health; ``busy`` says a slot may free up soon.
+
+        One read of every account's health and token, then an atomic claim of
+        the chosen one (which re-checks it, since another worker may have won it).
+        """
+        count = len(self.identities)
+        values = self._state.get_many([k for i in self.identities for k in (_health_key(i), _token_key(i))])
+        healths = {id(i): _load(values[2 * n]) for n, i in enumerate(self.identities)}
+        for n, identity in enumerate(self.identities):
+            self._adopt(identity, values[2 * n + 1])
         order = [self.identities[(self._next + step) % count] for step in range(count)]
         if prefer is not None:  # e.g. the account that holds the conversation a request continues
             order.sort(key=lambda identity: not prefer(identity))
+        busy = False
         for identity in order:
-            health = self._health[id(identity)]
             if id(identity) in skip:
                 continue
-            if health.state == "down" and (now < health.cooldown_until or health.trial):
-                continue
-            if feature is not None and health.quota_until.get(feature, 0.0) > now:
-                continue
-            if self.policy.max_concurrency and health.in_flight >= self.policy.max_concurrency:
+            verdict = self._usable(identity, healths[id(identity)], feature, self._clock())
+            if verdict == "busy":
                 busy = True
+            if verdict != "yes" or not self._claim(identity, feature):
                 continue
+            with self._lock:
+                self._local[id(identity)] += 1
+                self._next = (self.identities.index(identity) + 1) % count
+            return identity, False, healths
+        return None, busy, healths
+
+    def _usable(self, identity: Identity, health: Health, feature: str | None, now: float) -> str:
+        """``yes``, ``busy`` (at its concurrency cap) or ``no`` for one account's health."""
+        if health.state == "down" and (now < health.cooldown_until or (health.trial and now < health.trial_until)):
+            return "no"
+        if feature is not None and health.quota_until.get(feature, 0.0) > now:
+            return "no"
+        cap = self.policy.max_concurrency
+        in_flight = health.in_flight if self.policy.global_limits else self._local[id(identity)]
+        return "busy" if cap and in_flight >= cap else "yes"
+
+    def _claim(self, identity: Identity, feature: str | None) -> bool:
+        claimed: list[bool] = []
+
+        def claim(value: Any) -> Any:
+            health, now = _load(value), self._clock()
+            claimed[:] = [self._usable(identity, health, feature, now) == "yes"]
+            if not claimed[0]:
+                return value
             if health.state == "down":
-                health.trial = True  # half-open: this turn decides whether it returns
+                health.trial, health.trial_until = True, now + self.policy.trial_timeout  # half-open
                 logger.info("%s: cool-down over, trying it again", identity.label)
             health.in_flight += 1
-            self._next = (self.identities.index(identity) + 1) % count
-            return identity, False
-        return None, busy
+            return _dump(health)
 
-    def _unavailable(self, skip: set[int], busy: bool, feature: str | None = None) -> ProxyError:
+        self._state.update(_health_key(identity), claim)
+        return claimed[0]
+
+    def _unavailable(
+        self, healths: dict[int, Health], skip: set[int], busy: bool, feature: str | None = None,
+    ) -> ProxyError:
         now = self._clock()
-        down = [(i, h) for i in self.identities if (h := self._health[id(i)]).state == "down" and id(i) not in skip]
+        down = [(i, h) for i in self.identities if (h := healths[id(i)]).state == "down" and id(i) not in skip]
         spent = [h.quota_until[feature] for i in self.identities if id(i) not in skip
-                 and (h := self._health[id(i)]).state != "down" and h.quota_until.get(feature or "", 0.0) > now]
+                 and (h := healths[id(i)]).state != "down" and h.quota_until.get(feature or "", 0.0) > now]
         if spent and feature is not None:
             soonest = max(1.0, min(spent) - now)
             return RateLimited(
@@ -267,13 +338,17 @@ class IdentityPool:
         that feature's quota: only the feature cools down, chat goes on.
         """
         kind = classify(error)
+        if id(identity) not in self._local:
+            return
         if kind is Failure.RATE_LIMIT and feature is not None:
             self._spend_quota(identity, feature, error)
             return
-        with self._lock:
-            health = self._health.get(id(identity))
-            if health is None:
-                return
+        if kind is Failure.AUTH and self._adopt(identity, self._state.get(_token_key(identity))):
+            kind = None  # another worker renewed the token meanwhile: not the account's fault
+        changes: list[tuple[str, str, float]] = []
+
+        def learn(value: Any) -> Any:
+            health = _load(value)
             health.in_flight = max(0, health.in_flight - 1)
             was_trial, health.trial = health.trial, False
             before = health.state
@@ -286,25 +361,36 @@ class IdentityPool:
                 health.streak += 1
                 health.last_error = kind.value
                 self._react(health, kind, error, was_trial)
-            self._freed.notify_all()
-            after, until = health.state, health.cooldown_until
+            changes[:] = [(before, health.state, health.cooldown_until)]
+            return _dump(health)
+
+        self._state.update(_health_key(identity), learn)
+        self._freed_one(identity)
+        before, after, until = changes[0]
         if after != before:
             detail = f" for {until - self._clock():.0f} s" if after == "down" else ""
             logger.info("%s: %s -> %s%s (%s)", identity.label, before, after, detail,
                         kind.value if kind else "success")
 
+    def _freed_one(self, identity: Identity) -> None:
+        with self._lock:
+            self._local[id(identity)] = max(0, self._local[id(identity)] - 1)
+            self._freed.notify_all()
+
     def _spend_quota(self, identity: Identity, feature: str, error: BaseException | None) -> None:
         pause = max(getattr(error, "retry_after", None) or 0.0, self.policy.cooldown)
-        with self._lock:
-            health = self._health.get(id(identity))
-            if health is None:
-                return
+
+        def spend(value: Any) -> Any:
+            health = _load(value)
             health.in_flight = max(0, health.in_flight - 1)
             health.trial = False
             health.failed += 1
             health.last_error = f"{feature}_quota"
             health.quota_until[feature] = self._clock() + pause
-            self._freed.notify_all()
+            return _dump(health)
+
+        self._state.update(_health_key(identity), spend)
+        self._freed_one(identity)
         logger.info("%s: %s quota spent; %s paused for %.0f s, chat goes on", identity.label, feature, feature, pause)
 
     def _react(self, health: Health, kind: Failure, error: BaseException, was_trial: bool) -> None:
@@ -382,51 +468,33 @@ class IdentityPool:
     def renew(self, identity: Identity, stale: str | None = None) -> bool:
         """Get a fresh token for an account now; ``False`` if it did not change.
 
-        ``stale`` is the token that was refused: if another turn already
-        replaced it, nothing is fetched. Raises what the renewal failed with.
+        ``stale`` is the token that was refused: if another turn (in any worker)
+        already replaced it, nothing is fetched. Raises what the renewal failed with.
         """
-        if self._renewer is None or not identity.renewable:
-            raise UpstreamAuthError(
-                f"{identity.label} is a bare token that cannot be renewed; configure its browser cookie instead."
-            )
-        with identity.renewing:
-            if stale is not None and identity.token != stale:
-                return True
-            answer = self._renewer(identity)
-            token = answer.get("token") or ""
-            changed = token != identity.token
-            identity.set_token(token, answer.get("refresh_token"))
-        logger.info("%s: token %s, valid until %s", identity.label, "renewed" if changed else "unchanged",
-                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(identity.expires_at or 0)) + " UTC")
-        self._persist()
+        changed, fetched = self._tokens.renew(identity, stale)
+        if fetched:
+            logger.info("%s: token %s, valid until %s", identity.label, "renewed" if changed else "unchanged",
+                        time.strftime("%Y-%m-%d %H:%M", time.gmtime(identity.expires_at or 0)) + " UTC")
+            self._tokens.save_mirror(self.identities)
         return changed
 
-    def _restore(self, stored: dict[str, dict[str, Any]]) -> None:
-        """Use a stored token where it outlives the configured one (a changed cookie has another key)."""
-        for identity in self.identities:
-            entry = stored.get(identity.key) or {}
-            token = entry.get("token")
-            exp = jwt_claims(token).get("exp") if isinstance(token, str) and token else None
-            if isinstance(exp, (int, float)) and exp > (identity.expires_at or 0):
-                identity.set_token(token, entry.get("refresh_token"), now=entry.get("obtained_at"))
-                logger.info("%s: using its renewed token from the token store", identity.label)
+    def _adopt(self, identity: Identity, entry: Any) -> bool:
+        return self._tokens.adopt(identity, entry)
 
-    def _persist(self) -> None:
-        if self._store is not None:
-            self._store.save({
-                i.key: {"token": i.token, "refresh_token": i.refresh_token or None, "obtained_at": i.obtained_at}
-                for i in self.identities if i.renewable and i.token
-            })
+    @property
+    def state(self) -> StateStore:
+        """The store this pool keeps its accounts in (``/health`` reports on it)."""
+        return self._state
 
     def refresh_due(self) -> list[dict[str, Any]]:
         """Renew every token close to expiry or older than the interval (the refresher's tick)."""
         now = self._clock()
+        self._tokens.sync([i for i in self.identities if i.renewable])  # renewed elsewhere: not due here
         due = [i for i in self.identities if i.renewable and self._needs_renewal(i, now)]
         return [self._refresh_one(i, "scheduled") for i in due]
 
     def _needs_renewal(self, identity: Identity, now: float) -> bool:
-        health = self._health[id(identity)]
-        if now < health.next_refresh:
+        if now < self._next_refresh[id(identity)]:
             return False
         expires = identity.expires_at
         if not identity.token or expires is None:
@@ -450,9 +518,9 @@ class IdentityPool:
         try:
             changed = self.renew(identity)
         except ProxyError as exc:
-            with self._lock:
-                self._health[id(identity)].next_refresh = self._clock() + 60.0
+            self._next_refresh[id(identity)] = self._clock() + 60.0
             logger.warning("%s: %s token renewal failed: %s", identity.label, why, exc.message)
+            self._tokens.sync([identity])  # renewed elsewhere meanwhile: then it is not down
             expires = identity.expires_at
             if expires is not None and expires <= self._clock():
                 self.release_failure(identity, exc)
@@ -463,8 +531,14 @@ class IdentityPool:
 
     def release_failure(self, identity: Identity, error: ProxyError) -> None:
         """Record a failure found outside a turn (an expired token the refresher could not renew)."""
+        def count(value: Any) -> Any:
+            health = _load(value)
+            health.in_flight += 1
+            return _dump(health)
+
+        self._state.update(_health_key(identity), count)
         with self._lock:
-            self._health[id(identity)].in_flight += 1
+            self._local[id(identity)] += 1
         self.release(identity, error)
 
     def start_refresher(self, every: float) -> None:
@@ -487,8 +561,8 @@ class IdentityPool:
     def snapshot(self) -> dict[str, Any]:
         """Counts and per-account state for ``/health``; masked, never a secret."""
         now = self._clock()
-        with self._lock:
-            health = {id(i): _copy(self._health[id(i)]) for i in self.identities}
+        stored = self._state.get_many([_health_key(i) for i in self.identities])
+        health = {id(i): _load(v) for i, v in zip(self.identities, stored)}
         accounts = []
         counts = {"healthy": 0, "degraded": 0, "down": 0}
         for identity in self.identities:

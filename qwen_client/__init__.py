@@ -7,9 +7,11 @@
   classifier (``classify_payload``, ``error_for_body``, ``error_for_status``),
   ``Candidates`` (which of two candidate answers a stream follows, §14) and
   the upload grant (``StsGrant``, ``parse_grant``).
-- ``conversations``: ``Conversations``, which upstream chat a request continues,
-  and the ``ChatJanitor`` that deletes the proxy's own chats.
-- ``uploads``: ``Uploader``, the one way bytes reach the site (§7).
+- ``conversations``: ``Conversations``, which upstream chat a request continues
+  (kept in the shared state store, so any worker continues it), and the
+  ``ChatJanitor`` that deletes the proxy's own chats.
+- ``uploads``: ``Uploader``, the one way bytes reach the site (§7); recent uploads
+  are kept in the shared state store too.
 - ``oss``: Aliyun OSS V4 request signing, by hand (§7.2).
 - ``generation``: ``GenerationClient``, the calls for generated images and videos (§8).
 - ``cdn``: ``CdnFetcher``, bounded downloads of generated media from the site's CDN.

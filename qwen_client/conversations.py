@@ -7,7 +7,7 @@ agent sessions small on the wire (far from the size captcha, §11) and cheap.
 
 - ``ConversationStore`` maps a conversation (a hash chain over its messages,
   seeded with the model and the tool set) to the upstream chat that holds it:
-  bounded, expiring, behind one lock.
+  bounded, expiring, in the shared state store, so any worker continues it.
 - ``ChatJanitor`` deletes chats the proxy no longer needs, in a background
   thread; chats are only ever deleted by id, so chats made in the browser are
   never touched.
@@ -18,7 +18,6 @@ agent sessions small on the wire (far from the size captcha, §11) and cheap.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import logging
@@ -29,13 +28,14 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from errors import ChatNotFound, ProxyError, UpstreamError
+from errors import ChatNotFound, InvalidRequest, ProxyError, UpstreamError
+from identity_pool import MemoryStore
 from qwen_client.wire import TurnLimit, encode_body
 from transform import media_parts, openai_chat, tool_prompts
 
 if TYPE_CHECKING:
     from config import Settings
-    from identity_pool import Identity
+    from identity_pool import Identity, StateStore
     from qwen_client.client import AnswerStream, QwenClient
     from qwen_client.uploads import Uploader
 
@@ -105,31 +105,28 @@ class Thread:
     account: str
     chat_id: str
     response_id: str
-    identity: Any  # the account's Identity, to delete the chat with later
-    expires: float
 
 
 class ConversationStore:
-    """Conversation key → ``Thread``; bounded, expiring, thread-safe.
+    """Conversation key → ``Thread``, in the shared state store: every worker continues every conversation.
 
     Several keys may point at one chat (each turn adds one; a client that
     regenerates an answer continues from an older key, which the site keeps as
-    a branch). When the last key of a chat expires or is evicted, ``on_drop``
-    gets its thread so the chat can be deleted.
+    a branch). Each chat is in a due-time queue, due when its newest key
+    expires; whichever worker takes it from the queue (the sweep, or the
+    overflow past ``capacity`` chats) hands it to ``on_drop(account, chat_id)``
+    so it is deleted once, cluster-wide.
     """
 
-    def __init__(
-        self, ttl: float, capacity: int, on_drop: Callable[[Thread], None],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl, self.capacity, self._on_drop, self._clock = ttl, capacity, on_drop, clock
-        self._entries: collections.OrderedDict[str, Thread] = collections.OrderedDict()  # oldest first
-        self._refs: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
+    QUEUE = "chats"
+    SWEEP_EVERY = 5.0
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+    def __init__(
+        self, state: StateStore, ttl: float, capacity: int, on_drop: Callable[[str, str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state, self.ttl, self.capacity, self._on_drop, self._clock = state, ttl, capacity, on_drop, clock
+        self._swept = 0.0
 
     def find(self, keys: Sequence[str], roles: Sequence[str]) -> tuple[int, Thread] | None:
         """The stored conversation a request extends: (messages it covers, thread), or ``None``.
@@ -142,56 +139,40 @@ class ConversationStore:
         if last < 0 or last == len(roles) - 1 or any(r in ("system", "assistant") for r in roles[last + 1:]):
             return None
         self.sweep()
-        with self._lock:
-            thread = self._entries.get(keys[last])
-        return (last + 1, thread) if thread is not None else None
+        found = self.state.get("conv:" + keys[last])
+        if not isinstance(found, list) or len(found) != 3:
+            return None
+        return last + 1, Thread(*found)
 
-    def remember(self, key: str, account: str, chat_id: str, response_id: str, identity: Any) -> None:
-        thread = Thread(account, chat_id, response_id, identity, self._clock() + self.ttl)
-        dropped = []
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                dropped += self._unref(old)
-            self._entries[key] = thread
-            self._refs[chat_id] += 1
-            while len(self._entries) > self.capacity:
-                dropped += self._unref(self._entries.popitem(last=False)[1])
-        self._drop(dropped)
+    def remember(self, key: str, account: str, chat_id: str, response_id: str) -> None:
+        self.state.put("conv:" + key, [account, chat_id, response_id], ttl=self.ttl)
+        self.state.put("chat:" + chat_id, account, ttl=2 * self.ttl)  # who deletes it, when it is due
+        size = self.state.schedule(self.QUEUE, chat_id, self._clock() + self.ttl)
+        if size > self.capacity:
+            self._drop(self.state.take_oldest(self.QUEUE, size - self.capacity))
 
     def forget_chat(self, chat_id: str) -> None:
-        """The chat is gone upstream: drop every key that points at it (nothing to delete)."""
-        with self._lock:
-            for key in [k for k, t in self._entries.items() if t.chat_id == chat_id]:
-                del self._entries[key]
-            self._refs.pop(chat_id, None)
+        """The chat is gone upstream: nothing to delete; keys that point at it fall back to a fresh chat."""
+        self.state.unschedule(self.QUEUE, chat_id)
+        self.state.delete("chat:" + chat_id)
 
     def holds(self, chat_id: str) -> bool:
-        with self._lock:
-            return self._refs[chat_id] > 0
+        return self.state.get("chat:" + chat_id) is not None
 
-    def sweep(self) -> None:
-        """Forget expired conversations (entries are in expiry order, the TTL being one)."""
-        now, dropped = self._clock(), []
-        with self._lock:
-            while self._entries:
-                key, thread = next(iter(self._entries.items()))
-                if thread.expires > now:
-                    break
-                del self._entries[key]
-                dropped += self._unref(thread)
-        self._drop(dropped)
+    def sweep(self, force: bool = False) -> None:
+        """Hand chats whose conversations expired to ``on_drop`` (every few seconds at most per worker)."""
+        now = self._clock()
+        if not force and now - self._swept < self.SWEEP_EVERY:
+            return
+        self._swept = now
+        self._drop(self.state.take_due(self.QUEUE, now))
 
-    def _unref(self, thread: Thread) -> list[Thread]:
-        self._refs[thread.chat_id] -= 1
-        if self._refs[thread.chat_id] > 0:
-            return []
-        del self._refs[thread.chat_id]
-        return [thread]
-
-    def _drop(self, threads: list[Thread]) -> None:
-        for thread in threads:
-            self._on_drop(thread)
+    def _drop(self, chat_ids: list[str]) -> None:
+        for chat_id in chat_ids:
+            account = self.state.get("chat:" + chat_id)
+            self.state.delete("chat:" + chat_id)
+            if isinstance(account, str):
+                self._on_drop(account, chat_id)
 
 
 # --------------------------------------------------------------------------- janitor
@@ -396,10 +377,19 @@ class Exchange:
 class Conversations:
     """Where each request's turn goes upstream, and what happens to the chat afterwards."""
 
-    def __init__(self, client: QwenClient, settings: Settings, uploader: Uploader | None = None) -> None:
+    def __init__(
+        self, client: QwenClient, settings: Settings, uploader: Uploader | None = None,
+        state: StateStore | None = None, accounts: Callable[[str], Identity | None] | None = None,
+    ) -> None:
+        """``state`` is the store shared by the workers (``create_app`` passes the pool's); ``accounts``
+        finds a pooled account by its id, to delete a chat another worker started."""
         self.client, self.settings, self.uploader = client, settings, uploader
-        self.store = ConversationStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS, self._dropped)
-        self.janitor = ChatJanitor(client, self.store.sweep, sweep_interval(settings.CHAT_TTL))
+        self._accounts = accounts or (lambda account: None)
+        #: Callers' own accounts (client mode) by account id: never stored, so only this worker deletes their chats.
+        self._callers: dict[str, Identity] = {}
+        self.store = ConversationStore(state if state is not None else MemoryStore(), settings.CHAT_TTL,
+                                       settings.MAX_CONVERSATIONS, self._dropped)
+        self.janitor = ChatJanitor(client, lambda: self.store.sweep(force=True), sweep_interval(settings.CHAT_TTL))
 
     def preferred(self, chat: openai_chat.ChatRequest, model: str) -> Callable[[Identity], bool] | None:
         """Which account to prefer for this request: the one holding the conversation it continues."""
@@ -494,7 +484,11 @@ class Conversations:
         answer = tool_prompts.fold_assistant(message.get("content"), message.get("tool_calls"))
         key = next_key(exchange.keys[-1], "assistant", answer)
         identity = exchange.upstream.identity
-        self.store.remember(key, _account(identity), exchange.chat_id, response_id, identity)
+        if identity.ephemeral:
+            self._callers[_account(identity)] = identity
+            while len(self._callers) > self.settings.MAX_CONVERSATIONS:
+                del self._callers[next(iter(self._callers))]
+        self.store.remember(key, _account(identity), exchange.chat_id, response_id)
         exchange.kept = True
 
     def settle(self, exchange: Exchange) -> None:
@@ -504,9 +498,13 @@ class Conversations:
         if not self.store.holds(exchange.chat_id) and self.settings.DELETE_CHATS:
             self.janitor.discard(exchange.upstream.identity, exchange.chat_id)
 
-    def _dropped(self, thread: Thread) -> None:
+    def _dropped(self, account: str, chat_id: str) -> None:
+        identity = self._callers.get(account) or self._accounts(account)
+        if identity is None:
+            logger.debug("chat %s: its account %s is not this worker's; left to the site", chat_id, account)
+            return
         if self.settings.DELETE_CHATS:
-            self.janitor.discard(thread.identity, thread.chat_id)
+            self.janitor.discard(identity, chat_id)
 
     def start_janitor(self) -> None:
         """Start deleting idle conversations' chats on a timer (the app factory calls this once)."""

@@ -10,19 +10,18 @@ OSS PUT, parse polling), this module decides their order, builds the
 
 from __future__ import annotations
 
-import collections
 import copy
 import hashlib
 import logging
-import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from identity_pool import MemoryStore
 from transform import media_parts
 
 if TYPE_CHECKING:
-    from identity_pool import Identity
+    from identity_pool import Identity, StateStore
     from qwen_client.client import QwenClient
 
 logger = logging.getLogger(__name__)
@@ -35,17 +34,17 @@ class Uploader:
     a document): getstsToken, the signed PUT, parsing for documents, then the
     ``files[]`` entry. The same bytes for the same account are not uploaded
     again while their URL is still valid, which also spares the account's
-    grant quota (~20 per window, §7.1).
+    grant quota (~20 per window, §7.1). Recent uploads are kept in the shared
+    state store, so every worker reuses them.
     """
 
     #: The grant's ``file_url`` is signed for ~300 s; reuse an upload for less than that.
     TTL = 240.0
-    MAX_ENTRIES = 256
 
-    def __init__(self, client: QwenClient) -> None:
+    def __init__(self, client: QwenClient, state: StateStore | None = None) -> None:
         self.client = client
-        self._cache: collections.OrderedDict[tuple[str, ...], tuple[float, dict[str, Any]]] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self.state = state if state is not None else MemoryStore()
+        self._epoch = "0"  # the same in every worker; ``forget`` starts a new one in this worker
 
     def upload(
         self, identity: Identity, data: bytes, *, filename: str, content_type: str, kind: str | None = None
@@ -73,22 +72,15 @@ class Uploader:
         return copy.deepcopy(entry)
 
     def forget(self) -> None:
-        """Drop every remembered upload (the site lost them, or in tests, was reset)."""
-        with self._lock:
-            self._cache.clear()
+        """Stop reusing this worker's earlier uploads (the site lost them, or in tests, was reset)."""
+        self._epoch = uuid.uuid4().hex[:8]
+
+    def _key(self, key: tuple[str, ...]) -> str:
+        return f"upload:{self._epoch}:" + hashlib.sha256("\0".join(key).encode()).hexdigest()
 
     def _cached(self, key: tuple[str, ...]) -> dict[str, Any] | None:
-        with self._lock:
-            found = self._cache.get(key)
-            if found is None or found[0] < time.monotonic():
-                self._cache.pop(key, None)
-                return None
-            self._cache.move_to_end(key)
-            return copy.deepcopy(found[1])
+        found = self.state.get(self._key(key))
+        return found if isinstance(found, dict) else None
 
     def _remember(self, key: tuple[str, ...], entry: dict[str, Any]) -> None:
-        with self._lock:
-            self._cache[key] = (time.monotonic() + self.TTL, copy.deepcopy(entry))
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.MAX_ENTRIES:
-                self._cache.popitem(last=False)
+        self.state.put(self._key(key), entry, ttl=self.TTL)

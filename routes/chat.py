@@ -7,6 +7,9 @@ open a turn with ``routes.turns`` and return JSON or a stream. ``-image``,
 
 from __future__ import annotations
 
+import json
+import os
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from config import __version__
@@ -48,6 +51,9 @@ def health() -> Response:
         status = "no_account"
     else:
         status = "ok" if usable == accounts["total"] else "degraded" if usable else "down"
+    state = gw.pool.state.describe()
+    if state.get("status") == "degraded" and status == "ok":
+        status = "degraded"  # this worker answers from its own memory: /health says so
     s = gw.settings
     return jsonify({
         "status": status,
@@ -64,6 +70,8 @@ def health() -> Response:
         "accounts": accounts,
         "models": gw.catalog.snapshot(),
         "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
+        "state": state,
+        "worker": os.getpid(),  # which process answered: every worker gives the same counts
     })
 
 

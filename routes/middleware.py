@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from errors import RateLimited
 from transform.anthropic_stream import error_body
+
+if TYPE_CHECKING:
+    from identity_pool import StateStore
 
 
 class Admission:
@@ -16,24 +19,22 @@ class Admission:
 
     A request holds its place until its response body ends or is closed, so a
     stream counts for as long as it is open. Health checks and CORS preflights
-    are never counted: a busy proxy still answers them.
+    are never counted: a busy proxy still answers them. With ``shared`` (the
+    state store, ``GLOBAL_LIMITS``) the count is every worker's and host's.
     """
 
     EXEMPT_PATHS = frozenset({"/health"})
+    KEY = "admission:active"
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int, shared: StateStore | None = None) -> None:
+        self.app, self.limit, self.shared = app, limit, shared
         self.active = 0
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in self.EXEMPT_PATHS or environ.get("REQUEST_METHOD") == "OPTIONS":
             return self.app(environ, start_response)
-        with self._lock:
-            admitted = self.active < self.limit
-            if admitted:
-                self.active += 1
-        if not admitted:
+        if not self._enter():
             return self._refuse(environ, start_response)
         length: list[int] = []
 
@@ -48,9 +49,21 @@ class Admission:
             raise
         return _ReleasingBody(body, self._leave, length[0] if length else None)
 
+    def _enter(self) -> bool:
+        with self._lock:
+            admitted = self.active < self.limit
+            if admitted:
+                self.active += 1
+        if admitted and self.shared is not None and self.shared.incr(self.KEY) > self.limit:
+            self._leave()
+            return False
+        return admitted
+
     def _leave(self) -> None:
         with self._lock:
             self.active -= 1
+        if self.shared is not None:
+            self.shared.incr(self.KEY, -1)
 
     def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         error = RateLimited(
@@ -69,7 +82,10 @@ class Admission:
         return [body]
 
     def snapshot(self) -> dict[str, int]:
-        return {"active": self.active, "limit": self.limit}
+        if self.shared is None:
+            return {"active": self.active, "limit": self.limit}
+        return {"active": max(0, int(self.shared.get(self.KEY) or 0)), "limit": self.limit, "scope": "global",
+                "active_here": self.active}
 
 
 class _ReleasingBody:

@@ -12,7 +12,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -52,7 +58,8 @@ class ProxyServer:
     def __init__(self, upstream: str, **overrides: Any) -> None:
         settings = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream, "COOKIE": COOKIE,
                     "API_KEY": API_KEY, "READ_TIMEOUT": 10, "CONNECT_TIMEOUT": 2, "TOKEN_STORE_FILE": "",
-                    "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream, "MEDIA_RETRY_DELAY": 0.01,
+                    "STATE_FILE": "", "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream,
+                    "MEDIA_RETRY_DELAY": 0.01,
                     "VIDEO_POLL_INTERVAL": 0.01, **overrides}
         self.settings = load_settings(settings, environ={})
         self.app = create_app(self.settings)
@@ -273,3 +280,94 @@ RESPONSES_BODY = st.fixed_dictionaries(
         "metadata": _JSON,
     },
 )
+
+
+# ------------------------------------------------------------ several processes: gunicorn and redis-server
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    """The production command (``gunicorn -c gunicorn.conf.py app:app``) with ``workers`` workers on a free port.
+
+    ``settings`` go into the environment, as an operator sets them; ``pids`` are
+    the workers that have answered ``/health`` so far.
+    """
+
+    def __init__(self, upstream: str, tmp: Path, workers: int, **settings: Any) -> None:
+        self.port, self.workers = free_port(), workers
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"gunicorn-{self.port}.log"
+        base = {"CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream, "COOKIE": COOKIE,
+                "API_KEY": API_KEY, "HOST": "127.0.0.1", "READ_TIMEOUT": "10", "TOKEN_STORE_FILE": "",
+                "QWEN_AUTH_URL": upstream, "QWEN_OSS_ENDPOINT": upstream, "STATE_FILE": str(tmp / "state.sqlite3")}
+        self.env = {**os.environ, **base, **{k: str(v) for k, v in settings.items()},
+                    "PORT": str(self.port), "WEB_CONCURRENCY": str(workers)}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> Gunicorn:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                                            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline, pids = time.monotonic() + timeout, set()
+        while len(pids) < self.workers:  # every worker has built its app (not only the first)
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gunicorn did not start {self.workers} workers:\n{self.log.read_text()[-3000:]}")
+            try:
+                pids.add(requests.get(self.url + "/health", timeout=10).json()["worker"])
+            except (requests.RequestException, ValueError):  # not listening yet, or busy booting
+                time.sleep(0.1)
+            except KeyError:  # a build that does not say which worker answered: count the boots
+                if self.log.read_text().count("Booting worker") >= self.workers:
+                    time.sleep(2)
+                    break
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # quick: no stream is open between tests
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def health(self) -> dict:
+        return requests.get(self.url + "/health", timeout=5).json()
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, with nothing saved to disk; ``stop`` and ``start`` again."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port, self.tmp = free_port(), tmp
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", str(self.tmp)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

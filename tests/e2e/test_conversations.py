@@ -6,6 +6,7 @@ import openai
 import pytest
 import requests
 
+from identity_pool import MemoryStore
 from config import Settings
 from qwen_client import conversations as cv
 from transform.tool_prompts import format_call
@@ -262,7 +263,8 @@ class Clock:
 
 def make_store(ttl=10.0, capacity=10):
     dropped, clock = [], Clock()
-    return cv.ConversationStore(ttl, capacity, lambda t: dropped.append(t.chat_id), clock), dropped, clock
+    store = cv.ConversationStore(MemoryStore(), ttl, capacity, lambda account, chat: dropped.append(chat), clock)
+    return store, dropped, clock
 
 
 @pytest.mark.parametrize(("roles", "covered"), [
@@ -279,7 +281,7 @@ def test_find_needs_the_stored_answer_then_only_new_user_or_tool_messages(roles,
     keys = cv.history_keys(messages, "seed")
     first_answer = roles.index("assistant") if "assistant" in roles else None
     if first_answer is not None:
-        store.remember(keys[first_answer], "acct", "chat", "resp", None)
+        store.remember(keys[first_answer], "acct", "chat", "resp")
     found = store.find(keys, roles)
     assert (found[0] if found else None) == covered
 
@@ -293,31 +295,32 @@ def test_keys_ignore_whitespace_and_echoed_thinking_but_not_words():
 
 def test_entries_expire_and_their_chat_is_dropped_once_unreferenced():
     store, dropped, clock = make_store(ttl=10)
-    store.remember("k1", "a", "chat-1", "r1", None)
+    store.remember("k1", "a", "chat-1", "r1")
     clock.now = 5
-    store.remember("k2", "a", "chat-1", "r2", None)
-    store.remember("k3", "a", "chat-2", "r3", None)
+    store.remember("k2", "a", "chat-1", "r2")
+    store.remember("k3", "a", "chat-2", "r3")
     clock.now = 11
-    store.sweep()
-    assert dropped == [] and len(store) == 2
+    store.sweep(force=True)
+    assert dropped == [] and store.holds("chat-1") and store.holds("chat-2")
     clock.now = 16
-    store.sweep()
-    assert sorted(dropped) == ["chat-1", "chat-2"] and len(store) == 0
+    store.sweep(force=True)
+    assert sorted(dropped) == ["chat-1", "chat-2"] and not store.holds("chat-1")
 
 
 def test_capacity_evicts_the_oldest():
     store, dropped, _ = make_store(capacity=2)
     for n in range(3):
-        store.remember(f"k{n}", "a", f"chat-{n}", "r", None)
+        store.remember(f"k{n}", "a", f"chat-{n}", "r")
     assert dropped == ["chat-0"] and not store.holds("chat-0") and store.holds("chat-2")
 
 
 def test_forget_chat_drops_its_keys_without_deleting():
     store, dropped, _ = make_store()
-    store.remember("k1", "a", "chat-1", "r1", None)
-    store.remember("k2", "a", "chat-1", "r2", None)
+    store.remember("k1", "a", "chat-1", "r1")
+    store.remember("k2", "a", "chat-1", "r2")
     store.forget_chat("chat-1")
-    assert len(store) == 0 and dropped == []
+    store.sweep(force=True)
+    assert not store.holds("chat-1") and dropped == []
 
 
 def test_an_idle_conversation_is_deleted_on_a_timer_without_further_traffic(make_proxy, fake, fake_server):

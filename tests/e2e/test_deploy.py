@@ -110,7 +110,8 @@ class Stack:
         env = {**os.environ, "CONFIG_FILE": "", "COOKIE_FILE": "", "QWEN_BASE_URL": upstream.base_url,
                "COOKIE": COOKIE, "API_KEY": API_KEY, "HOST": "127.0.0.1", "PORT": str(self.app_port),
                "READ_TIMEOUT": "10", "PING_INTERVAL_SECONDS": str(PING_INTERVAL), "TOKEN_STORE_FILE": "",
-               "QWEN_AUTH_URL": upstream.base_url, "QWEN_OSS_ENDPOINT": upstream.base_url,
+               "STATE_FILE": str(tmp / "state.sqlite3"), "QWEN_AUTH_URL": upstream.base_url,
+               "QWEN_OSS_ENDPOINT": upstream.base_url,
                # A long message goes inline, so the 5 MB test sees all of it reach the site's completions call.
                "OFFLOAD_CONTEXT": "false", "MAX_TURN_BYTES": "10000000", **settings}
         # The documented production command, run by this interpreter.

@@ -108,19 +108,20 @@ def test_documents_are_parsed_and_kinds_come_from_the_type():
         ("sts", "file"), ("parse", "id-1"), ("sts", "file"), ("parse", "id-4"), ("sts", "audio")]
 
 
-def test_expired_and_evicted_entries_are_uploaded_again(monkeypatch):
+def test_expired_and_forgotten_entries_are_uploaded_again(monkeypatch):
     client = FakeClient()
     uploader = Uploader(client)  # type: ignore[arg-type]
-    monkeypatch.setattr(Uploader, "MAX_ENTRIES", 2)
     me = account("u1")
-    for data in (b"1", b"2", b"3"):
+    for data in (b"1", b"2", b"1"):
         uploader.upload(me, data, filename="a.png", content_type="image/png")
-    uploader.upload(me, b"1", filename="a.png", content_type="image/png")  # evicted: oldest of three
-    assert len([c for c in client.calls if c[0] == "sts"]) == 4
+    assert len([c for c in client.calls if c[0] == "sts"]) == 2
+    uploader.forget()
+    uploader.upload(me, b"1", filename="a.png", content_type="image/png")
+    assert len([c for c in client.calls if c[0] == "sts"]) == 3
     monkeypatch.setattr(Uploader, "TTL", -1.0)
     uploader.upload(me, b"9", filename="a.png", content_type="image/png")
     uploader.upload(me, b"9", filename="a.png", content_type="image/png")  # already expired
-    assert len([c for c in client.calls if c[0] == "sts"]) == 6
+    assert len([c for c in client.calls if c[0] == "sts"]) == 5
 
 
 def test_tokenless_identities_are_not_cached():
@@ -148,4 +149,5 @@ def test_concurrent_uploads_keep_the_cache_consistent():
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and len(uploader._cache) <= Uploader.MAX_ENTRIES
+    assert errors == []
+    assert len([c for c in uploader.client.calls if c[0] == "sts"]) == 8 * 5  # each distinct upload once

@@ -1,0 +1,77 @@
+"""What the shared state costs one turn: the store calls of a turn, timed for each store.
+
+    python -m bench.state [--turns 5000]
+
+A turn's store calls, as the proxy makes them: the pool's read of every account and its claim of one,
+the conversation lookups (``preferred``, then ``start``), remembering the answer, and the release. Run in
+one process for the per-process memory store, the default SQLite file and a redis-server started here on a
+loopback port; the figure is CPU-and-wall microseconds per turn, to compare with the few milliseconds a turn
+costs the worker (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from identity_pool import Identity, IdentityPool, MemoryStore, StateStore
+from identity_pool.state.redis_store import RedisStore
+from identity_pool.state.sqlite import SqliteStore
+from qwen_client.conversations import ConversationStore
+from tests.fake_qwen import make_jwt
+from tests.helpers import free_port
+
+
+def one_turn(pool: IdentityPool, chats: ConversationStore, n: int) -> None:
+    keys = [f"key-{n}-{i}" for i in range(3)]
+    chats.find(keys, ["user", "assistant", "user"])  # preferred()
+    identity = pool.acquire()
+    chats.find(keys, ["user", "assistant", "user"])  # start()
+    chats.remember(f"answer-{n}", identity.account_id, f"chat-{n}", "response")
+    pool.release(identity)
+
+
+def measure(store: StateStore, turns: int) -> dict[str, float]:
+    identities = [Identity(token=make_jwt(f"user-{n}"), label=f"account-{n}") for n in range(3)]
+    pool = IdentityPool(identities, state=store)
+    chats = ConversationStore(store, ttl=3600, capacity=1000, on_drop=lambda account, chat: None)
+    for n in range(200):  # warm
+        one_turn(pool, chats, -n)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for n in range(turns):
+        one_turn(pool, chats, n)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"us_per_turn": wall / turns * 1e6, "cpu_us_per_turn": cpu / turns * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=5000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="qwen2openai-bench-state-"))
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
+                              str(tmp)], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        figures = {}
+        for name, store in (("memory", MemoryStore()), ("sqlite", SqliteStore(str(tmp / "state.sqlite3"))),
+                            ("redis", RedisStore(f"redis://127.0.0.1:{port}/0"))):
+            figures[name] = measure(store, args.turns)
+            print(f"{name:>7}: {figures[name]['us_per_turn']:7.1f} µs per turn, "
+                  f"{figures[name]['cpu_us_per_turn']:7.1f} µs CPU")
+            store.close()
+        print(json.dumps(figures))
+    finally:
+        redis.terminate()
+        redis.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

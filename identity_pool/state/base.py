@@ -1,0 +1,107 @@
+"""The interface of the shared state, and the encoding every store uses for its values."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import orjson
+
+#: An update function: the stored value (``None`` when absent) → the value to store (``None`` deletes).
+Updater = Callable[[Any], Any]
+
+
+class StoreError(RuntimeError):
+    """The shared store could not be reached or refused an operation."""
+
+
+def encode(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def decode(raw: bytes | str | None) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+class StateStore:
+    """Keyed JSON values with expiry, atomic updates, counters, expiring locks and a due-time queue.
+
+    Every method is one short round trip (a transaction in SQLite, a command or
+    script in Redis), so a turn costs a handful of them. Implementations raise
+    ``StoreError`` when the backing store fails.
+    """
+
+    kind = "abstract"
+    shared = False  # True when other processes see the same state
+
+    def get(self, key: str) -> Any:
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        raise NotImplementedError
+
+    def put(self, key: str, value: Any, ttl: float | None = None) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def update(self, key: str, fn: Updater, ttl: float | None = None) -> Any:
+        """Replace the value by ``fn(value)`` atomically across processes; returns the new value."""
+        raise NotImplementedError
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        raise NotImplementedError
+
+    def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take ``name`` for ``owner`` unless someone else holds it; it lapses after ``ttl`` s."""
+        raise NotImplementedError
+
+    def unlock(self, name: str, owner: str) -> None:
+        raise NotImplementedError
+
+    def schedule(self, queue: str, member: str, at: float) -> int:
+        """Put (or move) ``member`` in ``queue`` due at ``at``; returns the queue's length."""
+        raise NotImplementedError
+
+    def unschedule(self, queue: str, member: str) -> None:
+        raise NotImplementedError
+
+    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
+        """Remove and return members due by ``now``: each is handed to exactly one caller."""
+        raise NotImplementedError
+
+    def take_oldest(self, queue: str, count: int) -> list[str]:
+        """Remove and return the ``count`` soonest-due members (a bounded queue's overflow)."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Raise ``StoreError`` unless the store answers."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.kind, "shared": self.shared}
+
+    def close(self) -> None:
+        """Release connections."""
+
+    @contextlib.contextmanager
+    def lock(self, name: str, ttl: float, wait: float) -> Iterator[bool]:
+        """Hold ``name`` (cluster-wide for shared stores) for the block; yields ``False`` if not had in ``wait`` s.
+
+        The lock lapses after ``ttl`` seconds, so a worker that dies holding it
+        blocks the others for at most that long.
+        """
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + wait
+        delay = 0.005
+        while not (held := self.try_lock(name, owner, ttl)) and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        try:
+            yield held
+        finally:
+            if held:
+                self.unlock(name, owner)

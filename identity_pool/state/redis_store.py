@@ -1,0 +1,109 @@
+"""``RedisStore``: the shared state in Redis, for several hosts (``REDIS_URL``).
+
+Each operation is one command or one server-side script, except ``update``,
+which is an optimistic ``WATCH``/``MULTI`` transaction retried on conflict.
+Short socket timeouts make a dead server a fast error, so the worker falls back
+to its own memory instead of hanging a turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from identity_pool.state.base import StateStore, StoreError, Updater, decode, encode
+
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_TAKE_DUE = """
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #m > 0 then redis.call('ZREM', KEYS[1], unpack(m)) end
+return m
+"""
+
+
+class RedisStore(StateStore):
+    """The interface over one Redis database; every key is under ``prefix``."""
+
+    kind = "redis"
+    shared = True
+
+    def __init__(self, url: str, prefix: str = "qwen2openai:", timeout: float = 1.0) -> None:
+        try:
+            self._r = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                           health_check_interval=30)
+        except ValueError as exc:
+            raise StoreError(f"REDIS_URL is not a Redis URL: {exc}") from None
+        self._prefix = prefix
+        self._unlock = self._r.register_script(_UNLOCK)
+        self._take_due = self._r.register_script(_TAKE_DUE)
+
+    def _k(self, key: str) -> str:
+        return self._prefix + key
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis: {exc}") from None
+
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        if not keys:
+            return []
+        return [decode(v) for v in self._call(self._r.mget, [self._k(k) for k in keys])]
+
+    def put(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self._call(self._r.set, self._k(key), encode(value), px=None if ttl is None else max(1, int(ttl * 1000)))
+
+    def delete(self, key: str) -> None:
+        self._call(self._r.delete, self._k(key))
+
+    def update(self, key: str, fn: Updater, ttl: float | None = None) -> Any:
+        name = self._k(key)
+        result: list[Any] = []
+
+        def apply(pipe: redis.client.Pipeline) -> None:
+            value = fn(decode(pipe.get(name)))
+            result[:] = [value]
+            pipe.multi()
+            if value is None:
+                pipe.delete(name)
+            else:
+                pipe.set(name, encode(value), px=None if ttl is None else max(1, int(ttl * 1000)))
+
+        self._call(self._r.transaction, apply, name)
+        return result[0]
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        return int(self._call(self._r.incrby, self._k(key), delta))
+
+    def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return bool(self._call(self._r.set, self._k("lock:" + name), owner, nx=True, px=max(1, int(ttl * 1000))))
+
+    def unlock(self, name: str, owner: str) -> None:
+        self._call(self._unlock, keys=[self._k("lock:" + name)], args=[owner])
+
+    def schedule(self, queue: str, member: str, at: float) -> int:
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zadd(self._k(queue), {member: at})
+        pipe.zcard(self._k(queue))
+        return int(self._call(pipe.execute)[1])
+
+    def unschedule(self, queue: str, member: str) -> None:
+        self._call(self._r.zrem, self._k(queue), member)
+
+    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
+        taken = self._call(self._take_due, keys=[self._k(queue)], args=[now, limit])
+        return [m.decode() if isinstance(m, bytes) else m for m in taken]
+
+    def take_oldest(self, queue: str, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        return [m.decode() for m, _ in self._call(self._r.zpopmin, self._k(queue), count)]
+
+    def ping(self) -> None:
+        self._call(self._r.ping)
+
+    def close(self) -> None:
+        self._r.close()

@@ -1,0 +1,117 @@
+"""The state store's contract, the same for each implementation: memory, SQLite (a file) and Redis (a real server).
+
+The shared stores are also checked across processes: updates from several processes at once lose
+nothing, a queued member goes to exactly one taker, and a lock lapses when its holder is gone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from identity_pool import MemoryStore, StateStore
+from identity_pool.state.redis_store import RedisStore
+from identity_pool.state.sqlite import SqliteStore
+from tests.helpers import RedisServer
+
+
+@pytest.fixture(scope="module")
+def tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qwen2openai-state-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp: Path) -> Iterator[str]:
+    server = RedisServer(tmp).start()
+    yield server.url
+    server.stop()
+
+
+def open_kind(kind: str, where: str) -> StateStore:
+    return {"memory": MemoryStore, "sqlite": SqliteStore, "redis": RedisStore}[kind](where)  # type: ignore[operator]
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp: Path) -> Iterator[StateStore]:
+    kind = request.param
+    if kind == "memory":
+        opened: StateStore = MemoryStore()
+    elif kind == "sqlite":
+        opened = SqliteStore(str(tmp / f"{time.monotonic_ns()}.sqlite3"))
+    else:
+        opened = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{time.monotonic_ns()}:")
+    yield opened
+    opened.close()
+
+
+def test_values_expire_and_update_is_read_modify_write(store):
+    store.put("a", {"n": 1})
+    store.put("gone", 1, ttl=0.05)
+    assert store.get_many(["a", "missing", "gone"]) == [{"n": 1}, None, 1]
+    time.sleep(0.1)
+    assert store.get("gone") is None
+    assert store.update("a", lambda v: {"n": v["n"] + 1}) == {"n": 2} and store.get("a") == {"n": 2}
+    assert store.update("new", lambda v: v or [1]) == [1]
+    store.update("a", lambda v: None)
+    store.delete("new")
+    assert store.get_many(["a", "new"]) == [None, None]
+    assert [store.incr("c"), store.incr("c", 5), store.incr("c", -6)] == [1, 6, 0] and store.get("c") == 0
+
+
+def test_locks_have_one_owner_and_lapse(store):
+    assert store.try_lock("renew", "w1", ttl=0.2)
+    assert not store.try_lock("renew", "w2", ttl=0.2)
+    store.unlock("renew", "w2")  # not the owner: nothing happens
+    assert not store.try_lock("renew", "w2", ttl=0.2)
+    time.sleep(0.3)  # its holder died: the lock lapses
+    assert store.try_lock("renew", "w2", ttl=5)
+    store.unlock("renew", "w2")
+    with store.lock("renew", ttl=5, wait=1) as held:
+        assert held
+        with store.lock("renew", ttl=5, wait=0.05) as again:
+            assert not again
+
+
+def test_the_queue_hands_each_member_out_once(store):
+    assert [store.schedule("q", m, at) for m, at in (("a", 3.0), ("b", 1.0), ("c", 2.0))] == [1, 2, 3]
+    assert store.schedule("q", "b", 4.0) == 3  # moved, not added
+    assert store.take_due("q", now=2.5) == ["c"]
+    assert store.take_due("q", now=2.5) == []
+    store.unschedule("q", "a")
+    assert store.take_oldest("q", 5) == ["b"] and store.take_due("q", now=10) == []
+
+
+def _hammer(kind: str, where: str, rounds: int, results: multiprocessing.Queue) -> None:
+    store = open_kind(kind, where)
+    for _ in range(rounds):
+        store.update("count", lambda v: (v or 0) + 1)
+        store.incr("hits")
+    results.put(store.take_due("q", now=1e12, limit=1))
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_several_processes_lose_no_update_and_share_the_queue(kind, tmp, request):
+    where = str(tmp / "shared.sqlite3") if kind == "sqlite" else request.getfixturevalue("redis_url")
+    store = open_kind(kind, where)
+    for member in ("m1", "m2", "m3", "m4"):
+        store.schedule("q", member, 0.0)
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    workers = [spawn.Process(target=_hammer, args=(kind, where, 100, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    taken = sorted(m for _ in workers for m in results.get(timeout=60))
+    for w in workers:
+        w.join(30)
+    assert store.get("count") == 400 and store.get("hits") == 400
+    assert taken == ["m1", "m2", "m3", "m4"], "each queued chat is deleted by exactly one worker"
+    store.close()
