@@ -2,8 +2,10 @@
 
 Each operation is one command or one server-side script, except ``update``,
 which is an optimistic ``WATCH``/``MULTI`` transaction retried on conflict.
-Short socket timeouts make a dead server a fast error, so the worker falls back
-to its own memory instead of hanging a turn.
+A short connect timeout makes a dead server a fast error, so the worker falls
+back to its own memory instead of hanging a turn; replies get a few seconds,
+because a busy host answering late is not an outage (taken for one, it would let
+two workers renew one account's token each from their own memory).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ class RedisStore(StateStore):
     kind = "redis"
     shared = True
 
-    def __init__(self, url: str, prefix: str = "qwen2openai:", timeout: float = 1.0) -> None:
+    def __init__(self, url: str, prefix: str = "qwen2openai:", timeout: float = 3.0, connect_timeout: float = 1.0) -> None:
         try:
-            self._r = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            self._r = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
                                            health_check_interval=30)
         except ValueError as exc:
             raise StoreError(f"REDIS_URL is not a Redis URL: {exc}") from None
