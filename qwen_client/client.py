@@ -37,6 +37,7 @@ from errors import (
 )
 from identity_pool import new_session
 from qwen_client import oss
+from qwen_client.signin import SignIn
 from qwen_client.wire import (
     DONE,
     Candidates,
@@ -107,6 +108,8 @@ class QwenClient:
                            SIZE_CAPTCHA_BYTES)
         # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
         self.oss_session = new_session(16)
+        self.signin = SignIn(self.base_url, settings.QWEN_AUTH_URL, settings.QWEN_AUTH_VERSION, self.timeout,
+                             lambda: self.headers(None, "/auth"), transport_error)
 
     def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
         """The browser-equivalent header set of §1.2 and §14; the site refuses writes without it.
@@ -181,7 +184,16 @@ class QwenClient:
 
         With a ``refresh_token`` cookie, the auth host renews it (§2.4);
         otherwise the session profile of the browser cookie carries it (§2.3).
+        An email-and-password account signs in again when it has no refresh
+        token or the auth host refuses it (§2.4).
         """
+        if identity.email:
+            if identity.refresh_token:
+                try:
+                    return self.refresh_at_auth_host(identity)
+                except UpstreamAuthError:
+                    logger.info("%s: the auth host refused its refresh token; signing in again", identity.label)
+            return self.signin.sign_in(identity)
         if identity.refresh_token:
             return self.refresh_at_auth_host(identity)
         return {"token": self.fetch_token(identity)["token"], "refresh_token": None}
@@ -304,15 +316,20 @@ class QwenClient:
             answer = self._json(identity, "POST", "/api/v1/files/getstsToken", json=body)
         return parse_grant(answer)
 
-    def put_object(self, grant: StsGrant, data: bytes, content_type: str) -> None:
-        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set."""
+    def put_object(self, grant: StsGrant, data: bytes, content_type: str,
+                   proxies: dict[str, str] | None = None) -> None:
+        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set.
+
+        ``proxies``: the uploading account's own proxy, which every call of that account takes.
+        """
         endpoint = self.settings.QWEN_OSS_ENDPOINT
         url = oss.object_url(grant.bucket, grant.file_path, endpoint or grant.endpoint, path_style=bool(endpoint))
         headers = {"Content-Type": content_type, "User-Agent": self.settings.QWEN_USER_AGENT}
         signed = oss.sign_headers("PUT", grant.bucket, grant.file_path, headers, grant.credentials, grant.region,
                                   dt.datetime.now(dt.timezone.utc))
         try:
-            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True) as resp:
+            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True,
+                                      proxies=proxies) as resp:
                 if resp.status_code < 300:
                     return
                 body = _read_bounded(resp, MAX_ERROR_BODY).decode("utf-8", "replace")
@@ -571,6 +588,9 @@ def is_challenge(exc: BaseException) -> bool:
 def transport_error(exc: requests.RequestException) -> ProxyError:
     """Map a ``requests`` failure to what the client should be told."""
     reason = exc.args[0] if exc.args else None
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return ServiceUnavailable("The account's proxy refused or failed the connection. Check its proxy=.",
+                                  code="proxy_unreachable", retry_after=10.0)
     if isinstance(exc, requests.ConnectTimeout):
         return ServiceUnavailable("Could not connect to the Qwen site in time. Check QWEN_BASE_URL and the network.")
     if isinstance(exc, requests.ReadTimeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
