@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from tests.fake_qwen import make_jwt
+from tests.fake_qwen.media_out import TINY_PNG
 from tests.helpers import API_KEY, PNG, CountingProxy, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -104,3 +105,11 @@ def test_a_bad_proxy_stops_start_up_with_a_clear_line(fake_server, line):
     with pytest.raises(ConfigError) as caught:
         create_app(settings)
     assert "account 1" in str(caught.value) and "127.0.0.1:1080" not in str(caught.value)
+
+
+def test_cdn_downloads_go_through_the_account_s_proxy(make_proxy, fake, counting):
+    server = make_proxy(COOKIE=f"token={TOKEN_A} proxy={counting.url()}")
+    result = server.client().images.generate(prompt="a fox", response_format="b64_json")
+    assert base64.b64decode(result.data[0].b64_json) == TINY_PNG
+    cdn_path = fake.requests[-1].path  # the generated file, fetched last
+    assert cdn_path in counting.paths()
