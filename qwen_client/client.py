@@ -190,12 +190,12 @@ class QwenClient:
         if identity.email:
             if identity.refresh_token:
                 try:
-                    return self.refresh_at_auth_host(identity)
+                    return self.signin.refresh(identity)
                 except UpstreamAuthError:
                     logger.info("%s: the auth host refused its refresh token; signing in again", identity.label)
             return self.signin.sign_in(identity)
         if identity.refresh_token:
-            return self.refresh_at_auth_host(identity)
+            return self.signin.refresh(identity)
         return {"token": self.fetch_token(identity)["token"], "refresh_token": None}
 
     def fetch_token(self, identity: Identity) -> dict[str, Any]:
@@ -213,38 +213,6 @@ class QwenClient:
         if not isinstance(token, str) or not token:
             raise UpstreamAuthError("The Qwen site did not return a token for this cookie; copy a fresh cookie.")
         return {**profile, "token": token}
-
-    def refresh_at_auth_host(self, identity: Identity) -> dict[str, Any]:
-        """``GET <QWEN_AUTH_URL>/api/v2/auths/refresh`` with the refresh cookie (§2.4).
-
-        The refresh token rotates: the answer's new one replaces the old,
-        which then no longer works, so the caller must keep it.
-        """
-        s = self.settings
-        headers = self.headers(None, "/")
-        headers.update({
-            "Cookie": f"refresh_token={identity.refresh_token}", "version": s.QWEN_AUTH_VERSION,
-            "x-request-origin": self.base_url, "Sec-Fetch-Site": "same-site",
-        })
-        try:
-            with identity.session.get(s.QWEN_AUTH_URL + "/api/v2/auths/refresh", headers=headers,
-                                      timeout=self.timeout, stream=True) as resp:
-                body = _read_bounded(resp, MAX_ERROR_BODY)
-                status, content_type = resp.status_code, resp.headers.get("Content-Type", "")
-                cookie = resp.cookies.get("refresh_token")
-        except requests.RequestException as exc:
-            raise transport_error(exc) from None
-        error = error_for_body(status, content_type, body, None)
-        if status == 401 or isinstance(error, UpstreamAuthError):
-            raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
-                                    "and copy a fresh cookie.")
-        if error is not None:
-            raise error
-        data = json.loads(body).get("data") or {}
-        token = data.get("access_token") if isinstance(data, Mapping) else None
-        if not isinstance(token, str) or not token:
-            raise UpstreamAuthError("The auth host answered without an access token; copy a fresh cookie.")
-        return {"token": token, "refresh_token": data.get("refresh_token") or cookie}
 
     def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
         """``POST /api/v2/chats/new`` → the new chat id (§4)."""

@@ -1,4 +1,4 @@
-"""Signing an account in with its email and password (protocol reference §2.4), newest generation first.
+"""The auth host and sign-in: renewing with a refresh token, and signing in by email and password (§2.4).
 
 The site has had three sign-ins: the auth host (``QWEN_AUTH_URL``, a 15-minute
 ``access_token`` in the body and a rotating ``refresh_token`` cookie), v2 on the
@@ -34,7 +34,7 @@ SIGNIN_BAN_SECONDS = 360.0
 
 
 class SignIn:
-    """Email-and-password sign-in over an account's own session (and so its own proxy)."""
+    """Refresh-token renewal and email-and-password sign-in over an account's own session (and so its proxy)."""
 
     def __init__(self, base_url: str, auth_url: str, auth_version: str, timeout: tuple[float, float],
                  headers: Headers, transport_error: Callable[[requests.RequestException], ProxyError]) -> None:
@@ -57,6 +57,36 @@ class SignIn:
             return answer
         raise UpstreamError(f"No sign-in of the Qwen site answered for {identity.label} (last: {last}). "
                             "Use a browser cookie for this account instead.", code="signin_unavailable")
+
+    def refresh(self, identity: Identity) -> dict[str, Any]:
+        """``GET <QWEN_AUTH_URL>/api/v2/auths/refresh`` with the refresh cookie (§2.4).
+
+        The refresh token rotates: the answer's new one replaces the old,
+        which then no longer works, so the caller must keep it.
+        """
+        headers = self.headers()
+        headers.update({"Cookie": f"refresh_token={identity.refresh_token}", "version": self.auth_version,
+                        "x-request-origin": self.base_url, "Sec-Fetch-Site": "same-site",
+                        "Referer": self.base_url + "/"})
+        try:
+            with identity.session.get(self.auth_url + "/api/v2/auths/refresh", headers=headers,
+                                      timeout=self.timeout, stream=True) as resp:
+                body = _read(resp, MAX_ERROR_BODY)
+                status, content_type = resp.status_code, resp.headers.get("Content-Type", "")
+                cookie = resp.cookies.get("refresh_token")
+        except requests.RequestException as exc:
+            raise self.transport_error(exc) from None
+        error = error_for_body(status, content_type, body, None)
+        if status == 401 or isinstance(error, UpstreamAuthError):
+            raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
+                                    "and copy a fresh cookie.")
+        if error is not None:
+            raise error
+        data = json.loads(body).get("data") or {}
+        token = data.get("access_token") if isinstance(data, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamAuthError("The auth host answered without an access token; copy a fresh cookie.")
+        return {"token": token, "refresh_token": data.get("refresh_token") or cookie}
 
     def _attempt(self, identity: Identity, generation: str, body: dict[str, str]) -> dict[str, Any]:
         headers = self.headers()

@@ -34,7 +34,7 @@ def tokens_used(fake) -> list[str]:
 
 
 def test_auth_host_signin_serves_turns_and_keeps_the_refresh_token(make_proxy, fake):
-    user = fake.add_account(EMAIL, PASSWORD)
+    fake.add_account(EMAIL, PASSWORD)
     server = make_proxy(COOKIE=f"{EMAIL}:{PASSWORD}")
     answer = server.client().chat.completions.create(**CHAT)
     assert answer.choices[0].message.content
