@@ -467,7 +467,9 @@ class IdentityPool:
         try:
             changed = self.renew(identity)
         except ProxyError as exc:
-            self._next_refresh[id(identity)] = self._clock() + 60.0
+            # A sign-in refused or banned must not be retried every minute: each try spends the IP's sign-ins.
+            wait = max(60.0, exc.retry_after or 0.0, self.policy.auth_cooldown if exc.code == "signin_refused" else 0)
+            self._next_refresh[id(identity)] = self._clock() + wait
             logger.warning("%s: %s token renewal failed: %s", identity.label, why, exc.message)
             self._tokens.sync([identity])  # renewed elsewhere meanwhile: then it is not down
             expires = identity.expires_at

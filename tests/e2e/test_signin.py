@@ -137,3 +137,12 @@ def test_passwords_never_reach_logs_health_or_stores(make_proxy, fake, tmp_path,
         assert secret not in caplog.text and secret not in shown
         assert secret.encode() not in written
     assert store.exists() and state.exists()
+
+
+def test_the_refresher_does_not_retry_a_refused_sign_in_every_tick(make_proxy, fake):
+    fake.add_account(EMAIL, "another-password")
+    server = make_proxy(COOKIE=f"{EMAIL}:{PASSWORD}")
+    pool = server.app.extensions["qwen2openai"].pool
+    for _ in range(3):  # three ticks of the background refresher
+        results = pool.refresh_due()
+    assert len(signins(fake)) == 1 and results == []
