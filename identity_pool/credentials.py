@@ -5,8 +5,9 @@ Lines come from ``cookie.txt``, ``COOKIE`` and the admin API alike:
 - ``token=eyJ…; ssxmod_itna=…``: a browser cookie (it has ``name=value`` pairs);
 - ``eyJ…``: a bare session token (a JWT: no ``=`` pairs, two dots);
 - ``someone@example.com:password``: an email and its password, signed in by the proxy (§2.4);
-- any of them followed by `` proxy=<url>`` (``http://``, ``https://``, with or without
-  ``user:pass@``): every call of that account goes through that proxy.
+- any of them followed by `` proxy=<url>`` (``http://``, ``https://``, ``socks5://`` or
+  ``socks5h://`` (names resolved by the proxy), with or without ``user:pass@``): every call
+  of that account goes through that proxy.
 
 Parsing never echoes the line: a malformed one is reported by what is wrong with it only.
 """
@@ -23,7 +24,7 @@ _PROXY = re.compile(r"\s+proxy=(\S*)\s*$")
 #: ``email:password``: an address without the cookie's ``=``/``;`` before the first colon.
 _EMAIL_PASSWORD = re.compile(r"([^\s:;=@]+@[^\s:;=@]+\.[^\s:;=@]+):(.+)", re.DOTALL)
 _JWT = re.compile(r"[\w-]+\.[\w-]+\.[\w-]*")
-PROXY_SCHEMES = ("http", "https")
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
 class CredentialError(ValueError):
@@ -44,10 +45,9 @@ class AccountSpec:
 def check_proxy(url: str) -> str:
     """A proxy URL as requests takes it, or ``CredentialError`` naming what is wrong (never the URL)."""
     parts = urlsplit(url)
-    if parts.scheme.lower() in ("socks5", "socks5h", "socks4"):
-        raise CredentialError("SOCKS proxies are not supported; use an http:// or https:// proxy")
     if parts.scheme.lower() not in PROXY_SCHEMES or not parts.hostname:
-        raise CredentialError("a proxy must be a URL like http://host:port or http://user:pass@host:port")
+        raise CredentialError("a proxy must be a URL like http://host:port, http://user:pass@host:port or "
+                              "socks5://host:port")
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:

@@ -556,7 +556,8 @@ def is_challenge(exc: BaseException) -> bool:
 def transport_error(exc: requests.RequestException) -> ProxyError:
     """Map a ``requests`` failure to what the client should be told."""
     reason = exc.args[0] if exc.args else None
-    if isinstance(exc, requests.exceptions.ProxyError):
+    connection = getattr(getattr(reason, "reason", None), "conn", None)  # urllib3's NewConnectionError
+    if isinstance(exc, requests.exceptions.ProxyError) or "SOCKS" in type(connection).__name__:
         return ServiceUnavailable("The account's proxy refused or failed the connection. Check its proxy=.",
                                   code="proxy_unreachable", retry_after=10.0)
     if isinstance(exc, requests.ConnectTimeout):

@@ -463,3 +463,49 @@ class CountingProxy:
                     if not data:
                         return
                     key.data.sendall(data)
+
+
+class SocksProxy(CountingProxy):
+    """The same on SOCKS5 (RFC 1928, with RFC 1929 user/password when ``auth`` is set).
+
+    A SOCKS proxy sees only where a connection goes; ``seen`` records each tunnel's
+    first request line as it passes (the calls are plain HTTP to the emulator).
+    """
+
+    def url(self, userinfo: str = "", scheme: str = "socks5") -> str:
+        return f"{scheme}://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}"
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            reader = conn.makefile("rb")
+            version, count = reader.read(2)
+            methods = reader.read(count)
+            wanted = 2 if self.expected else 0
+            if version != 5 or wanted not in methods:
+                conn.sendall(b"\x05\xff")
+                return
+            conn.sendall(bytes([5, wanted]))
+            if wanted == 2:
+                reader.read(1)
+                user = reader.read(reader.read(1)[0]).decode()
+                password = reader.read(reader.read(1)[0]).decode()
+                import base64
+                ok = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() == self.expected
+                conn.sendall(b"\x01\x00" if ok else b"\x01\x01")
+                if not ok:
+                    return
+            _, command, _, kind = reader.read(4)
+            host = (socket.inet_ntoa(reader.read(4)) if kind == 1 else reader.read(reader.read(1)[0]).decode()
+                    if kind == 3 else socket.inet_ntop(socket.AF_INET6, reader.read(16)))
+            port = int.from_bytes(reader.read(2), "big")
+            if command != 1:
+                conn.sendall(b"\x05\x07\x00\x01\x00\x00\x00\x00\x00\x00")
+                return
+            upstream = socket.create_connection((host, port), timeout=10)
+            conn.sendall(b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+            first = conn.recv(65536)
+            line = first.split(b"\r\n", 1)[0].decode("latin-1").split()
+            with self._lock:
+                self.seen.append((line[0] if line else "", f"http://{host}:{port}{line[1] if len(line) > 1 else ''}",
+                                  {"socks-host": host}))
+            self._pipe(conn, upstream, first)

@@ -9,7 +9,7 @@ import requests
 
 from tests.fake_qwen import make_jwt
 from tests.fake_qwen.media_out import TINY_PNG
-from tests.helpers import API_KEY, PNG, CountingProxy, free_port
+from tests.helpers import API_KEY, PNG, CountingProxy, SocksProxy, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}
@@ -95,7 +95,7 @@ def test_a_dead_proxy_fails_that_account_only(make_proxy, fake):
     assert set(completions_by(fake)) == {TOKEN_B}
 
 
-@pytest.mark.parametrize("line", ["token=x proxy=socks5://127.0.0.1:1080", "token=x proxy=ftp://h:1",
+@pytest.mark.parametrize("line", ["token=x proxy=socks4://127.0.0.1:1080", "token=x proxy=ftp://h:1",
                                   "token=x proxy=http://host:notaport"])
 def test_a_bad_proxy_stops_start_up_with_a_clear_line(fake_server, line):
     from app import create_app
@@ -113,3 +113,26 @@ def test_cdn_downloads_go_through_the_account_s_proxy(make_proxy, fake, counting
     assert base64.b64decode(result.data[0].b64_json) == TINY_PNG
     cdn_path = fake.requests[-1].path  # the generated file, fetched last
     assert cdn_path in counting.paths()
+
+
+@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
+def test_a_socks5_proxy_with_credentials_carries_only_its_account(make_proxy, fake, scheme):
+    with SocksProxy(auth=("socksuser", "fake-socks-secret")) as socks:
+        url = socks.url("socksuser:fake-socks-secret", scheme)
+        server = make_proxy(COOKIE=f"token={TOKEN_A} proxy={url}|||token={TOKEN_B}")
+        for _ in range(4):
+            assert chat(server).status_code == 200
+        assert completions_by(fake) == {TOKEN_A: 2, TOKEN_B: 2}
+        assert socks.paths().count("/api/v2/chat/completions") == 2
+        shown = requests.get(server.url + "/health", timeout=5).text
+        assert "fake-socks-secret" not in shown and f"127.0.0.1:{socks.port}" in shown
+
+
+def test_a_dead_socks_proxy_fails_that_account_only(make_proxy, fake):
+    dead = f"socks5://127.0.0.1:{free_port()}"
+    server = make_proxy(COOKIE=f"token={TOKEN_A} proxy={dead}|||token={TOKEN_B}", POOL_FAILURE_THRESHOLD=1)
+    for _ in range(3):
+        assert chat(server).status_code == 200
+    accounts = {a["account"]: a for a in health(server)}
+    assert accounts["account-1"]["state"] == "down" and accounts["account-1"]["reason"] == "proxy_unreachable"
+    assert set(completions_by(fake)) == {TOKEN_B}
