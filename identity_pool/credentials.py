@@ -19,10 +19,9 @@ import hashlib
 import re
 from urllib.parse import urlsplit
 
-#: A trailing `` proxy=<url>`` on an account line.
-_PROXY = re.compile(r"\s+proxy=(\S*)\s*$")
-#: ``email:password``: an address without the cookie's ``=``/``;`` before the first colon.
-_EMAIL_PASSWORD = re.compile(r"([^\s:;=@]+@[^\s:;=@]+\.[^\s:;=@]+):(.+)", re.DOTALL)
+#: ``email:password``: an address without the cookie's ``=``/``;`` before the first colon. Each part is one
+#: unambiguous run (dots only between the domain's labels), so a hostile line is scanned in linear time.
+_EMAIL_PASSWORD = re.compile(r"([^\s:;=@]+@[^\s:;=@.]+(?:\.[^\s:;=@.]+)+):(.+)", re.DOTALL)
 _JWT = re.compile(r"[\w-]+\.[\w-]+\.[\w-]*")
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
@@ -58,11 +57,11 @@ def check_proxy(url: str) -> str:
 def parse_account(line: str, proxy: str = "") -> AccountSpec:
     """One account line (``proxy`` given apart, as the admin API does, or at the line's end)."""
     line = line.strip()
-    found = _PROXY.search(line)
-    if found:
+    head, _, tail = line.rpartition(" proxy=")  # a trailing " proxy=<url>" (no regex: lines may be hostile)
+    if head and not any(c.isspace() for c in tail):
         if proxy:
             raise CredentialError("the proxy is given twice")
-        line, proxy = line[:found.start()].strip(), found.group(1)
+        line, proxy = head.strip(), tail
     proxy = check_proxy(proxy.strip()) if proxy.strip() else ""
     if not line:
         raise CredentialError("an account needs a cookie, a token or email:password")
