@@ -92,7 +92,7 @@ def test_add_with_a_proxy_and_bad_bodies(admin, fake):
     listed = next(a for a in accounts(admin) if a["id"] == good.json()["id"])
     assert listed["proxy"] == "127.0.0.1:3128"
     for body in ({}, {"cookie": ""}, {"cookie": 5}, {"cookie": "no-equals-no-jwt"}, [1],
-                 {"cookie": "token=x", "proxy": "socks5://127.0.0.1:1"}, {"cookie": "token=x", "proxy": 3}):
+                 {"cookie": "token=x", "proxy": "socks4://127.0.0.1:1"}, {"cookie": "token=x", "proxy": 3}):
         resp = requests.post(admin.url + "/admin/api/accounts", json=body, headers=ADMIN, timeout=5)
         assert resp.status_code == 400 and resp.json()["error"]["message"]
     assert "fake-proxy-pw" not in requests.get(admin.url + "/admin/api/accounts", headers=ADMIN, timeout=5).text
