@@ -24,10 +24,10 @@ from werkzeug.serving import make_server
 
 from config import ConfigError, Settings, load_settings
 from errors import ProxyError, echo
-from identity_pool import IdentityPool, StoreError, new_session, open_store
+from identity_pool import IdentityPool, StoreError, new_session, open_store, secrets_of
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
-from routes import MemoryResponseStore, responses_bp
+from routes import MemoryResponseStore, admin_api_bp, responses_bp
 from routes.messages import PATH_PREFIX as MESSAGES_PATH
 from routes.messages import http_error as messages_http_error
 
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(images_videos_bp)
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
+    if settings.ADMIN_KEY:  # unset: no admin API at all
+        app.register_blueprint(admin_api_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
@@ -108,6 +110,7 @@ def install_redaction(settings: Settings) -> None:
     """Mask this app's secrets on every handler of the root logger, which every module's records reach."""
     secrets = [*settings.API_KEY, *settings.QWEN_TOKEN, *settings.COOKIE]
     secrets += [v for c in settings.COOKIE for v in (p.split("=", 1)[-1] for p in c.split(";"))]
+    secrets += [s for c in settings.COOKIE for s in secrets_of(c)] + [settings.ADMIN_KEY]
     for handler in logging.getLogger().handlers:
         for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
             handler.removeFilter(old)

@@ -136,6 +136,10 @@ class Settings:
     #: How long a non-stream chat request waits for its video before answering with the id to poll;
     #: below the usual 60 s idle limit of proxies and CDNs in front of this service.
     VIDEO_SYNC_WAIT: float = 50.0
+    #: Everything the service writes (the state store, the token mirror) lives here unless set apart.
+    DATA_DIR: str = str(BASE_DIR / "data")
+    #: Bearer key of the admin API (/admin/api/...); empty = no admin API at all.
+    ADMIN_KEY: str = ""
 
     @property
     def max_request_bytes(self) -> int:
@@ -355,6 +359,9 @@ def load_settings(
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}: {exc} (got {_describe(value)})") from None
     values.setdefault("UPSTREAM_POOL_SIZE", values.get("MAX_CONCURRENT_REQUESTS", Settings.MAX_CONCURRENT_REQUESTS))
+    data_dir = values.get("DATA_DIR") or Settings.DATA_DIR  # the files the service writes default to inside it
+    values.setdefault("TOKEN_STORE_FILE", os.path.join(data_dir, "tokens.json"))
+    values.setdefault("STATE_FILE", os.path.join(data_dir, "state.sqlite3"))
     settings = Settings(**values)
     if settings.MAX_TURN_CHARS:
         logger.warning("MAX_TURN_CHARS is deprecated: the site's size rule counts bytes; set MAX_TURN_BYTES "

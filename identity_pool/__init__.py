@@ -1,11 +1,17 @@
 """Who speaks to the site: the Qwen accounts, their health and cool-downs, token renewal and the token store.
 
-- ``accounts``: ``Identity`` (one account: its token, cookie and own HTTP session),
+- ``accounts``: ``Identity`` (one account: its token, cookie or email and password digest,
+  its own HTTP session and proxy),
   ``new_session`` (the ``requests`` session every caller of the site uses),
   ``mask``, ``jwt_claims``, ``parse_cookie``.
+- ``credentials``: ``parse_account``, what one account line says (cookie, token or
+  ``email:password``, and `` proxy=<url>``), and ``secrets_of`` for log redaction.
+- ``health``: ``Failure`` and ``classify`` (the failure classes), ``PoolPolicy`` (the
+  cool-down rules) and ``Health`` (one account's stored standing).
 - ``pool``: ``IdentityPool`` (round-robin, failover, the breaker, background and
-  reactive token renewal), ``Failure`` and ``classify`` (the failure classes),
-  ``PoolPolicy`` (the cool-down rules) and ``Health``.
+  reactive token renewal, sign-in at first use, the run-time account set).
+- ``registry``: ``AccountRegistry``, the accounts added, disabled and removed at run
+  time (the admin API), kept in the shared store so every worker serves the same set.
 - ``tokens``: ``Tokens``, each account's newest token through the shared store, renewed
   once cluster-wide under a lock there.
 - ``token_store``: ``TokenStore``, the JSON mirror of renewed tokens on disk, written atomically.
@@ -16,7 +22,11 @@ Other folders use the names exported here.
 """
 
 from identity_pool.accounts import Identity, mask, new_session
+from identity_pool.credentials import CredentialError, parse_account, proxy_host, secrets_of
 from identity_pool.pool import IdentityPool
 from identity_pool.state import MemoryStore, StateStore, StoreError, open_store
 
-__all__ = ["Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "mask", "new_session", "open_store"]
+from identity_pool.registry import public_id
+
+__all__ = ["CredentialError", "Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "mask",
+           "new_session", "open_store", "parse_account", "proxy_host", "public_id", "secrets_of"]

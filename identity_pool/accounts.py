@@ -1,9 +1,11 @@
 """Qwen accounts: each ``Identity`` with its credentials and its own HTTP session.
 
 An account is a browser cookie (its ``token`` pair is the session JWT, its
-``refresh_token`` pair the auth host's renewal credential) or a bare token.
-Each identity owns its own ``requests.Session`` so accounts never share
-cookies; ``new_session`` builds those sessions for every caller of the site.
+``refresh_token`` pair the auth host's renewal credential), a bare token, or an
+email and password the proxy signs in with (only the password's SHA-256, which
+is what the site takes, is kept). Each identity owns its own ``requests.Session``
+so accounts never share cookies, and speaks through its own proxy when it has
+one; ``new_session`` builds those sessions for every caller of the site.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import requests
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
+from identity_pool.credentials import proxy_host
+
 
 class _Session(requests.Session):
     """requests' session, reading proxy and CA settings from the environment once per site, not per call.
@@ -33,6 +37,14 @@ class _Session(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
+        #: One account's own proxy: it wins over the environment's (requests lets the environment win
+        #: over ``Session.proxies``), so it is passed with every call.
+        self.account_proxies: dict[str, str] | None = None
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if self.account_proxies and not kwargs.get("proxies"):
+            kwargs["proxies"] = self.account_proxies
+        return super().request(method, url, *args, **kwargs)
 
     def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
         if not self.trust_env or proxies or verify not in (True, None):
@@ -46,9 +58,10 @@ class _Session(requests.Session):
                 "verify": merge_setting(found[1] or verify, self.verify), "cert": merge_setting(cert, self.cert)}
 
 
-def new_session(pool_size: int) -> requests.Session:
-    """One session per account: its own cookies and a connection pool sized for its streams."""
+def new_session(pool_size: int, proxy: str = "") -> requests.Session:
+    """One session per account: its own cookies, its own proxy and a connection pool sized for its streams."""
     session = _Session()
+    session.account_proxies = {"http": proxy, "https": proxy} if proxy else None
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -83,15 +96,22 @@ class Identity:
 
     def __init__(
         self, *, token: str = "", cookie: str = "", pool_size: int = 10, label: str = "", ephemeral: bool = False,
+        email: str = "", password: str = "", proxy: str = "",
     ) -> None:
         self.cookies = parse_cookie(cookie)
         #: A caller's own credentials (client mode): not in the pool; whoever uses it last closes it.
         self.ephemeral = ephemeral
         self.token = token or self.cookies.get("token", "")
-        self.source = "cookie" if cookie else "token"
+        self.source = "password" if email else "cookie" if cookie else "token"
         self.label = label
-        #: Stable name of the configured credential: the token store's key across restarts.
-        self.key = hashlib.sha256((cookie or token).encode()).hexdigest()[:16]
+        self.email = email
+        #: What the site's sign-in takes (§2.4): the lowercase hex SHA-256; the password itself is not kept.
+        self.password_sha256 = hashlib.sha256(password.encode()).hexdigest() if email else ""
+        #: ``http://[user:pass@]host:port``: every call of this account goes through it (a secret too).
+        self.proxy = proxy
+        #: Stable name of the configured credential: the token store's key across restarts. A password
+        #: account is named by its email alone, so no digest of the password is ever stored.
+        self.key = hashlib.sha256((f"email:{email.lower()}" if email else cookie or token).encode()).hexdigest()[:16]
         #: When we obtained the current token (None: it came from the configuration).
         self.obtained_at: float | None = None
         self._pool_size = pool_size
@@ -104,7 +124,7 @@ class Identity:
     def session(self) -> requests.Session:
         with self._lock:
             if self._session is None:
-                self._session = new_session(self._pool_size)
+                self._session = new_session(self._pool_size, self.proxy)
             return self._session
 
     def cookie_header(self, url: str | None = None) -> str:
@@ -128,9 +148,14 @@ class Identity:
         return self.cookies.get("refresh_token", "")
 
     @property
+    def proxies(self) -> dict[str, str] | None:
+        """This account's proxy as ``requests`` takes it, for calls made outside its own session."""
+        return {"http": self.proxy, "https": self.proxy} if self.proxy else None
+
+    @property
     def renewable(self) -> bool:
-        """A bare token cannot be renewed; a cookie can (session or refresh token)."""
-        return self.source == "cookie"
+        """A bare token cannot be renewed; a cookie can (session or refresh token), a password signs in again."""
+        return self.source in ("cookie", "password")
 
     def set_token(self, token: str, refresh_token: str | None = None, now: float | None = None) -> None:
         self.token = token
@@ -156,7 +181,9 @@ class Identity:
             "id": mask(self.account_id) or None,
             "source": self.source,
             "has_token": bool(self.token),
-            "renewal": "refresh_token" if self.refresh_token else "session" if self.renewable else "none",
+            "renewal": "refresh_token" if self.refresh_token else "sign_in" if self.email
+            else "session" if self.renewable else "none",
+            "proxy": proxy_host(self.proxy),
             "token_expires_at": expires,
             "token_valid_for_s": None if expires is None else max(0, int(expires - now)),
         }

@@ -9,135 +9,25 @@ once cluster-wide under a lock in the store.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from errors import (
-    EmptyResponse,
-    ProxyError,
-    RateLimited,
-    ServiceUnavailable,
-    UpstreamAuthError,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from config import ConfigError
+from errors import ProxyError, RateLimited, ServiceUnavailable, UpstreamAuthError
 from identity_pool.accounts import Identity, mask
+from identity_pool.health import Failure, Health, PoolPolicy, classify, dump, health_key, load, token_key
+from identity_pool.credentials import CredentialError, parse_account
+from identity_pool.registry import KEY as ACCOUNTS_KEY
+from identity_pool.registry import AccountRegistry, identity_from, public_id
 from identity_pool.state import MemoryStore, StateStore
 from identity_pool.token_store import TokenStore
 from identity_pool.tokens import Renewer, Tokens
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------- failure classes
-
-
-class Failure(enum.Enum):
-    """What a failed turn says about the account that ran it; each class has its own reaction."""
-
-    AUTH = "auth"  # token refused: renew, then down if renewal fails
-    RATE_LIMIT = "rate_limit"  # RateLimited / quota / HTTP 429: cool down for what the site asked
-    CHALLENGE = "challenge"  # x5sec/RGV587 or a WAF page: cool down ≥ 2 minutes
-    EMPTY = "empty"  # accepted but silent: retry elsewhere once; repeated = throttled
-    UPSTREAM = "upstream"  # 5xx, network, timeouts, broken streams: degraded, then down
-
-
-def classify(error: BaseException | None) -> Failure | None:
-    """The account failure an error stands for; ``None`` when it is not the account's fault.
-
-    A user's bad request (400s, moderation) and the proxy's own bugs never count.
-    """
-    if isinstance(error, UpstreamAuthError):
-        return Failure.AUTH
-    if isinstance(error, RateLimited):
-        return Failure.CHALLENGE if error.code == "upstream_challenge" else Failure.RATE_LIMIT
-    if isinstance(error, EmptyResponse):
-        return Failure.EMPTY
-    if isinstance(error, (UpstreamError, ServiceUnavailable, UpstreamTimeout)):
-        return Failure.UPSTREAM
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolPolicy:
-    """The knobs of the pool; see the README's account table."""
-
-    failure_threshold: int = 3  # consecutive upstream failures (or empties + 1) before down
-    cooldown: float = 60.0  # first cool-down of a tripped account; doubles per trip in a row
-    max_cooldown: float = 1800.0
-    challenge_cooldown: float = 120.0
-    auth_cooldown: float = 600.0  # a token that cannot be renewed: try again after this
-    failover_retries: int = 2  # other accounts tried for one turn before giving up
-    max_concurrency: int = 0  # turns at once per account; 0 = unlimited
-    queue_timeout: float = 30.0  # how long a turn waits for a busy account
-    refresh_margin: float = 3600.0  # renew a token this long before it expires
-    refresh_interval: float = 6 * 3600.0  # and at least this often
-    global_limits: bool = False  # max_concurrency counts every worker's turns (from the shared store)
-    trial_timeout: float = 600.0  # a half-open trial not reported by then (its worker died) no longer blocks
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> PoolPolicy:
-        return cls(
-            failure_threshold=settings.POOL_FAILURE_THRESHOLD,
-            cooldown=settings.POOL_COOLDOWN_SECONDS,
-            max_cooldown=max(settings.POOL_COOLDOWN_SECONDS, settings.POOL_MAX_COOLDOWN_SECONDS),
-            failover_retries=settings.FAILOVER_RETRIES,
-            max_concurrency=settings.ACCOUNT_MAX_CONCURRENCY,
-            queue_timeout=settings.ACCOUNT_QUEUE_TIMEOUT,
-            refresh_margin=settings.TOKEN_REFRESH_MARGIN_MINUTES * 60,
-            refresh_interval=settings.TOKEN_REFRESH_INTERVAL_HOURS * 3600,
-            global_limits=settings.GLOBAL_LIMITS,
-        )
-
-
-@dataclasses.dataclass
-class Health:
-    """One account's standing, as the shared store keeps it; changed only by atomic updates there."""
-
-    state: str = "healthy"  # healthy | degraded | down
-    streak: int = 0  # consecutive failures
-    trips: int = 0  # times in a row the breaker opened (drives the back-off)
-    cooldown_until: float = 0.0
-    last_error: str | None = None
-    in_flight: int = 0
-    trial: bool = False  # a half-open trial turn is out
-    trial_until: float = 0.0  # ...until then at the latest
-    ok: int = 0
-    failed: int = 0
-    next_refresh: float = 0.0  # earliest next proactive renewal attempt
-    #: Spent feature quotas (``t2i``, ``t2v``…) → when they return; the account still chats meanwhile.
-    quota_until: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-def _load(value: Any) -> Health:
-    """A stored health entry (``None``: never seen) as a ``Health``; unknown fields are ignored."""
-    if not isinstance(value, dict):
-        return Health()
-    return Health(**{k: v for k, v in value.items() if k in _FIELDS})
-
-
-_FIELDS = frozenset(f.name for f in dataclasses.fields(Health))
-
-
-def _dump(health: Health) -> dict[str, Any]:
-    """``Health`` as stored (``dataclasses.asdict`` deep-copies, at 5x the cost on every turn)."""
-    out = dict(health.__dict__)
-    out["quota_until"] = dict(health.quota_until)
-    return out
-
-
-def _health_key(identity: Identity) -> str:
-    return f"health:{identity.key}"
-
-
-def _token_key(identity: Identity) -> str:
-    return f"token:{identity.key}"
 
 
 Preference = Callable[[Identity], bool]
@@ -164,8 +54,13 @@ class IdentityPool:
         store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
         state: StateStore | None = None,
+        registry: AccountRegistry | None = None,
     ) -> None:
         self.identities = list(identities)
+        self._configured = list(self.identities)  # from the files and environment; the registry adds to these
+        self._registry = registry
+        self._disabled: frozenset[str] = frozenset()
+        self._accounts_version = 0
         self.policy = policy or PoolPolicy()
         self._renewer = renewer
         self._state = state if state is not None else MemoryStore()
@@ -179,23 +74,60 @@ class IdentityPool:
         self._stop = threading.Event()
         self._tokens = Tokens(self._state, renewer, store, self.RENEW_LOCK_SECONDS)
         self._tokens.restore(self.identities)
+        if registry is not None:
+            self.sync_accounts()
 
     @classmethod
     def from_settings(cls, settings: Any, renewer: Renewer | None = None,
                       state: StateStore | None = None) -> IdentityPool:
         size = settings.UPSTREAM_POOL_SIZE
-        identities = [Identity(cookie=c, pool_size=size) for c in settings.COOKIE]
+        identities = []
+        for n, line in enumerate(settings.COOKIE, 1):
+            try:
+                identities.append(identity_from(parse_account(line), size))
+            except CredentialError as exc:
+                raise ConfigError(f"COOKIE (or COOKIE_FILE) account {n}: {exc}") from None
         identities += [Identity(token=t, pool_size=size) for t in settings.QWEN_TOKEN]
         for n, identity in enumerate(identities, 1):
             identity.label = f"account-{n}"
         store = TokenStore(settings.TOKEN_STORE_FILE) if settings.TOKEN_STORE_FILE else None
-        return cls(identities, renewer, PoolPolicy.from_settings(settings), store, state=state)
+        registry = AccountRegistry(state, size) if state is not None else None
+        return cls(identities, renewer, PoolPolicy.from_settings(settings), store, state=state, registry=registry)
+
+    @property
+    def registry(self) -> AccountRegistry | None:
+        """The run-time account set (the admin API changes it); ``None`` without a state store."""
+        return self._registry
+
+    def sync_accounts(self, value: Any = None, read: bool = True) -> None:
+        """Serve the account set the registry holds now (``value``: its entry, already read with other keys)."""
+        if self._registry is None:
+            return
+        value = self._registry.read() if read else value
+        version = self._registry.version(value)
+        if version == self._accounts_version and read is False:
+            return
+        served, disabled = self._registry.apply(value, self._configured, self.identities)
+        added = [i for i in served if id(i) not in self._local]
+        with self._lock:
+            for identity in added:
+                self._local[id(identity)] = 0
+                self._next_refresh[id(identity)] = 0.0
+            gone = [i for i in self.identities if i not in served]
+            self.identities, self._disabled, self._accounts_version = served, disabled, version
+        if added:
+            self._tokens.restore(added)
+        for identity in gone:
+            logger.info("%s: removed", identity.label)
+
+    def is_disabled(self, identity: Identity) -> bool:
+        return identity.key in self._disabled
 
     def __len__(self) -> int:
         return len(self.identities)
 
     def health(self, identity: Identity) -> Health:
-        return _load(self._state.get(_health_key(identity)))
+        return load(self._state.get(health_key(identity)))
 
     def find(self, account: str) -> Identity | None:
         """The pooled account with this id (or label), e.g. the owner of a stored conversation."""
@@ -211,8 +143,35 @@ class IdentityPool:
         Raises 503 (429 when every account is rate limited) with ``Retry-After``
         set to the soonest recovery when no account can take the turn. With a
         ``feature`` (image or video generation), accounts whose quota for it is
-        spent are skipped too.
+        spent are skipped too. An account without a token gets one here (a
+        password account signs in); when that fails, the failure is that
+        account's own and the next account is tried.
         """
+        self._guard_empty()
+        skip = {id(i) for i in exclude}
+        deadline = time.monotonic() + self.policy.queue_timeout  # real time, whatever the clock says
+        failed: ProxyError | None = None
+        while True:
+            identity, busy, healths = self._pick(skip, prefer, feature)
+            if identity is not None and not identity.token:
+                try:
+                    self.renew(identity, stale="")
+                except ProxyError as exc:
+                    self.release(identity, exc)
+                    skip.add(id(identity))
+                    failed = exc
+                    continue
+            if identity is not None:
+                return identity
+            wait = deadline - time.monotonic()
+            if not busy or wait <= 0:
+                if failed is not None and all(id(i) in skip for i in self.identities):
+                    raise failed  # this turn's only candidates could not get a token: say why
+                raise self._unavailable(healths, skip, busy, feature)
+            with self._lock:  # a release here wakes us; one elsewhere is seen on the next look
+                self._freed.wait(min(wait, 0.05 if self._state.shared else 1.0))
+
+    def _guard_empty(self) -> None:
         if not self.identities:
             raise ServiceUnavailable(
                 "No Qwen account is configured. Put a chat.qwen.ai browser cookie in cookie.txt "
@@ -220,24 +179,6 @@ class IdentityPool:
                 code="no_account",
                 retryable=False,
             )
-        skip = {id(i) for i in exclude}
-        deadline = time.monotonic() + self.policy.queue_timeout  # real time, whatever the clock says
-        while True:
-            identity, busy, healths = self._pick(skip, prefer, feature)
-            if identity is not None:
-                break
-            wait = deadline - time.monotonic()
-            if not busy or wait <= 0:
-                raise self._unavailable(healths, skip, busy, feature)
-            with self._lock:  # a release here wakes us; one elsewhere is seen on the next look
-                self._freed.wait(min(wait, 0.05 if self._state.shared else 1.0))
-        if not identity.token:
-            try:
-                self.renew(identity, stale="")
-            except ProxyError as exc:
-                self.release(identity, exc)
-                raise
-        return identity
 
     def _pick(
         self, skip: set[int], prefer: Preference | None = None, feature: str | None = None,
@@ -247,12 +188,17 @@ class IdentityPool:
         One read of every account's health and token, then an atomic claim of
         the chosen one (which re-checks it, since another worker may have won it).
         """
-        count = len(self.identities)
-        values = self._state.get_many([k for i in self.identities for k in (_health_key(i), _token_key(i))])
-        healths = {id(i): _load(values[2 * n]) for n, i in enumerate(self.identities)}
-        for n, identity in enumerate(self.identities):
+        extra = [ACCOUNTS_KEY] if self._registry is not None else []  # the run-time set, in the same read
+        values = self._state.get_many([k for i in self.identities for k in (health_key(i), token_key(i))] + extra)
+        if extra and self._registry is not None and self._registry.version(values[-1]) != self._accounts_version:
+            self.sync_accounts(values[-1], read=False)  # another worker changed the accounts: read again
+            values = self._state.get_many([k for i in self.identities for k in (health_key(i), token_key(i))])
+        identities = self.identities
+        count = len(identities)
+        healths = {id(i): load(values[2 * n]) for n, i in enumerate(identities)}
+        for n, identity in enumerate(identities):
             self._adopt(identity, values[2 * n + 1])
-        order = [self.identities[(self._next + step) % count] for step in range(count)]
+        order = [identities[(self._next + step) % count] for step in range(count)] if count else []
         if prefer is not None:  # e.g. the account that holds the conversation a request continues
             order.sort(key=lambda identity: not prefer(identity))
         busy = False
@@ -266,12 +212,14 @@ class IdentityPool:
                 continue
             with self._lock:
                 self._local[id(identity)] += 1
-                self._next = (self.identities.index(identity) + 1) % count
+                self._next = (identities.index(identity) + 1) % count
             return identity, False, healths
         return None, busy, healths
 
     def _usable(self, identity: Identity, health: Health, feature: str | None, now: float) -> str:
         """``yes``, ``busy`` (at its concurrency cap) or ``no`` for one account's health."""
+        if identity.key in self._disabled:
+            return "no"
         if health.state == "down" and (now < health.cooldown_until or (health.trial and now < health.trial_until)):
             return "no"
         if feature is not None and health.quota_until.get(feature, 0.0) > now:
@@ -284,7 +232,7 @@ class IdentityPool:
         claimed: list[bool] = []
 
         def claim(value: Any) -> Any:
-            health, now = _load(value), self._clock()
+            health, now = load(value), self._clock()
             claimed[:] = [self._usable(identity, health, feature, now) == "yes"]
             if not claimed[0]:
                 return value
@@ -292,9 +240,9 @@ class IdentityPool:
                 health.trial, health.trial_until = True, now + self.policy.trial_timeout  # half-open
                 logger.info("%s: cool-down over, trying it again", identity.label)
             health.in_flight += 1
-            return _dump(health)
+            return dump(health)
 
-        self._state.update(_health_key(identity), claim)
+        self._state.update(health_key(identity), claim)
         return claimed[0]
 
     def _unavailable(
@@ -343,12 +291,12 @@ class IdentityPool:
         if kind is Failure.RATE_LIMIT and feature is not None:
             self._spend_quota(identity, feature, error)
             return
-        if kind is Failure.AUTH and self._adopt(identity, self._state.get(_token_key(identity))):
+        if kind is Failure.AUTH and self._adopt(identity, self._state.get(token_key(identity))):
             kind = None  # another worker renewed the token meanwhile: not the account's fault
         changes: list[tuple[str, str, float]] = []
 
         def learn(value: Any) -> Any:
-            health = _load(value)
+            health = load(value)
             health.in_flight = max(0, health.in_flight - 1)
             was_trial, health.trial = health.trial, False
             before = health.state
@@ -360,11 +308,12 @@ class IdentityPool:
                 health.failed += 1
                 health.streak += 1
                 health.last_error = kind.value
+                health.reason = getattr(error, "code", None)
                 self._react(health, kind, error, was_trial)
             changes[:] = [(before, health.state, health.cooldown_until)]
-            return _dump(health)
+            return dump(health)
 
-        self._state.update(_health_key(identity), learn)
+        self._state.update(health_key(identity), learn)
         self._freed_one(identity)
         before, after, until = changes[0]
         if after != before:
@@ -381,15 +330,15 @@ class IdentityPool:
         pause = max(getattr(error, "retry_after", None) or 0.0, self.policy.cooldown)
 
         def spend(value: Any) -> Any:
-            health = _load(value)
+            health = load(value)
             health.in_flight = max(0, health.in_flight - 1)
             health.trial = False
             health.failed += 1
             health.last_error = f"{feature}_quota"
             health.quota_until[feature] = self._clock() + pause
-            return _dump(health)
+            return dump(health)
 
-        self._state.update(_health_key(identity), spend)
+        self._state.update(health_key(identity), spend)
         self._freed_one(identity)
         logger.info("%s: %s quota spent; %s paused for %.0f s, chat goes on", identity.label, feature, feature, pause)
 
@@ -518,7 +467,9 @@ class IdentityPool:
         try:
             changed = self.renew(identity)
         except ProxyError as exc:
-            self._next_refresh[id(identity)] = self._clock() + 60.0
+            # A sign-in refused or banned must not be retried every minute: each try spends the IP's sign-ins.
+            wait = max(60.0, exc.retry_after or 0.0, self.policy.auth_cooldown if exc.code == "signin_refused" else 0)
+            self._next_refresh[id(identity)] = self._clock() + wait
             logger.warning("%s: %s token renewal failed: %s", identity.label, why, exc.message)
             self._tokens.sync([identity])  # renewed elsewhere meanwhile: then it is not down
             expires = identity.expires_at
@@ -532,11 +483,11 @@ class IdentityPool:
     def release_failure(self, identity: Identity, error: ProxyError) -> None:
         """Record a failure found outside a turn (an expired token the refresher could not renew)."""
         def count(value: Any) -> Any:
-            health = _load(value)
+            health = load(value)
             health.in_flight += 1
-            return _dump(health)
+            return dump(health)
 
-        self._state.update(_health_key(identity), count)
+        self._state.update(health_key(identity), count)
         with self._lock:
             self._local[id(identity)] += 1
         self.release(identity, error)
@@ -560,16 +511,18 @@ class IdentityPool:
 
     def snapshot(self) -> dict[str, Any]:
         """Counts and per-account state for ``/health``; masked, never a secret."""
+        self.sync_accounts()  # what any worker changed through the admin API
         now = self._clock()
-        stored = self._state.get_many([_health_key(i) for i in self.identities])
-        health = {id(i): _load(v) for i, v in zip(self.identities, stored)}
+        stored = self._state.get_many([health_key(i) for i in self.identities])
+        health = {id(i): load(v) for i, v in zip(self.identities, stored)}
         accounts = []
-        counts = {"healthy": 0, "degraded": 0, "down": 0}
+        counts = {"healthy": 0, "degraded": 0, "down": 0, "disabled": 0}
         for identity in self.identities:
             h = health[id(identity)]
-            counts[h.state] += 1
+            counts["disabled" if identity.key in self._disabled else h.state] += 1
             accounts.append({
-                **identity.describe(now), "state": h.state,
+                **identity.describe(now), "key": public_id(identity), "state": h.state,
+                "disabled": identity.key in self._disabled, "reason": h.reason,
                 "cooldown_s": max(0, round(h.cooldown_until - now)) if h.state == "down" else 0,
                 "last_error": h.last_error, "in_flight": h.in_flight, "ok": h.ok, "failed": h.failed,
                 "quota_cooldown_s": {f: round(t - now) for f, t in h.quota_until.items() if t > now},

@@ -3,6 +3,7 @@
 - ``client``: ``QwenClient`` (headers, ``chats/new``, completions, JSON calls,
   token renewal, upload calls), ``AnswerStream`` (the answer read in the
   background) and ``ModelCatalog`` (the model list and its cache).
+- ``signin``: ``SignIn``, email-and-password sign-in (§2.4): the auth host, then v2, then v1.
 - ``wire``: what the site's bytes mean, with no I/O: ``SSEDecoder``, the refusal
   classifier (``classify_payload``, ``error_for_body``, ``error_for_status``),
   ``Candidates`` (which of two candidate answers a stream follows, §14) and

@@ -33,8 +33,11 @@ class CdnFetcher:
         self.connect_timeout = connect_timeout
         self.session = session
 
-    def open(self, url: str, timeout: float) -> requests.Response:
-        """A streamed GET; redirects are followed only while they stay on allowed hosts."""
+    def open(self, url: str, timeout: float, proxies: dict[str, str] | None = None) -> requests.Response:
+        """A streamed GET; redirects are followed only while they stay on allowed hosts.
+
+        ``proxies``: the account's own proxy, which every call of that account takes.
+        """
         for _ in range(MAX_REDIRECTS + 1):
             if not allowed_download_url(url, self.hosts):
                 host = urlsplit(url).hostname or "an unknown host"
@@ -44,7 +47,7 @@ class CdnFetcher:
                     code="media_host_refused", retryable=False)
             try:
                 resp = self.session.get(url, stream=True, allow_redirects=False,
-                                        timeout=(self.connect_timeout, timeout))
+                                        timeout=(self.connect_timeout, timeout), proxies=proxies)
             except requests.RequestException as exc:
                 raise _fetch_error(exc) from None
             if not resp.is_redirect:
@@ -53,7 +56,8 @@ class CdnFetcher:
             resp.close()
         raise UpstreamError("The site's CDN redirected too many times.", code="media_unavailable")
 
-    def stream(self, url: str, max_bytes: int, timeout: float, tries: int, delay: float) -> tuple[str, Iterator[bytes]]:
+    def stream(self, url: str, max_bytes: int, timeout: float, tries: int, delay: float,
+               proxies: dict[str, str] | None = None) -> tuple[str, Iterator[bytes]]:
         """The media type and the body (capped, closed at its end) of a generated file.
 
         Right after generation the CDN may answer a small 404 HTML page for a
@@ -65,7 +69,7 @@ class CdnFetcher:
         for attempt in range(tries):
             if attempt:
                 time.sleep(delay)
-            resp = self.open(url, timeout)
+            resp = self.open(url, timeout, proxies)
             said = f"HTTP {resp.status_code}"
             if resp.status_code == 200:
                 chunks = iter_capped(resp, max_bytes, deadline)
@@ -83,9 +87,10 @@ class CdnFetcher:
         raise UpstreamError(f"The site's CDN did not serve the generated file ({said}). Retry, or ask for "
                             "response_format 'url'.", code="media_unavailable")
 
-    def download(self, url: str, max_bytes: int, timeout: float, tries: int, delay: float) -> tuple[bytes, str]:
+    def download(self, url: str, max_bytes: int, timeout: float, tries: int, delay: float,
+                 proxies: dict[str, str] | None = None) -> tuple[bytes, str]:
         """The whole generated file and its media type (see ``stream``)."""
-        media_type, body = self.stream(url, max_bytes, timeout, tries, delay)
+        media_type, body = self.stream(url, max_bytes, timeout, tries, delay, proxies)
         return b"".join(body), media_type
 
 

@@ -37,6 +37,7 @@ from errors import (
 )
 from identity_pool import new_session
 from qwen_client import oss
+from qwen_client.signin import SignIn
 from qwen_client.wire import (
     DONE,
     Candidates,
@@ -107,6 +108,8 @@ class QwenClient:
                            SIZE_CAPTCHA_BYTES)
         # Uploads go to Aliyun OSS, another service: no account cookies, its own connections.
         self.oss_session = new_session(16)
+        self.signin = SignIn(self.base_url, settings.QWEN_AUTH_URL, settings.QWEN_AUTH_VERSION, self.timeout,
+                             lambda: self.headers(None, "/auth"), transport_error)
 
     def headers(self, identity: Identity | None, referer: str = "/", bearer: bool = True) -> dict[str, str]:
         """The browser-equivalent header set of §1.2 and §14; the site refuses writes without it.
@@ -181,9 +184,18 @@ class QwenClient:
 
         With a ``refresh_token`` cookie, the auth host renews it (§2.4);
         otherwise the session profile of the browser cookie carries it (§2.3).
+        An email-and-password account signs in again when it has no refresh
+        token or the auth host refuses it (§2.4).
         """
+        if identity.email:
+            if identity.refresh_token:
+                try:
+                    return self.signin.refresh(identity)
+                except UpstreamAuthError:
+                    logger.info("%s: the auth host refused its refresh token; signing in again", identity.label)
+            return self.signin.sign_in(identity)
         if identity.refresh_token:
-            return self.refresh_at_auth_host(identity)
+            return self.signin.refresh(identity)
         return {"token": self.fetch_token(identity)["token"], "refresh_token": None}
 
     def fetch_token(self, identity: Identity) -> dict[str, Any]:
@@ -201,38 +213,6 @@ class QwenClient:
         if not isinstance(token, str) or not token:
             raise UpstreamAuthError("The Qwen site did not return a token for this cookie; copy a fresh cookie.")
         return {**profile, "token": token}
-
-    def refresh_at_auth_host(self, identity: Identity) -> dict[str, Any]:
-        """``GET <QWEN_AUTH_URL>/api/v2/auths/refresh`` with the refresh cookie (§2.4).
-
-        The refresh token rotates: the answer's new one replaces the old,
-        which then no longer works, so the caller must keep it.
-        """
-        s = self.settings
-        headers = self.headers(None, "/")
-        headers.update({
-            "Cookie": f"refresh_token={identity.refresh_token}", "version": s.QWEN_AUTH_VERSION,
-            "x-request-origin": self.base_url, "Sec-Fetch-Site": "same-site",
-        })
-        try:
-            with identity.session.get(s.QWEN_AUTH_URL + "/api/v2/auths/refresh", headers=headers,
-                                      timeout=self.timeout, stream=True) as resp:
-                body = _read_bounded(resp, MAX_ERROR_BODY)
-                status, content_type = resp.status_code, resp.headers.get("Content-Type", "")
-                cookie = resp.cookies.get("refresh_token")
-        except requests.RequestException as exc:
-            raise transport_error(exc) from None
-        error = error_for_body(status, content_type, body, None)
-        if status == 401 or isinstance(error, UpstreamAuthError):
-            raise UpstreamAuthError("The auth host refused the refresh token; sign in again in a browser "
-                                    "and copy a fresh cookie.")
-        if error is not None:
-            raise error
-        data = json.loads(body).get("data") or {}
-        token = data.get("access_token") if isinstance(data, Mapping) else None
-        if not isinstance(token, str) or not token:
-            raise UpstreamAuthError("The auth host answered without an access token; copy a fresh cookie.")
-        return {"token": token, "refresh_token": data.get("refresh_token") or cookie}
 
     def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
         """``POST /api/v2/chats/new`` → the new chat id (§4)."""
@@ -304,15 +284,20 @@ class QwenClient:
             answer = self._json(identity, "POST", "/api/v1/files/getstsToken", json=body)
         return parse_grant(answer)
 
-    def put_object(self, grant: StsGrant, data: bytes, content_type: str) -> None:
-        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set."""
+    def put_object(self, grant: StsGrant, data: bytes, content_type: str,
+                   proxies: dict[str, str] | None = None) -> None:
+        """The OSS V4-signed PUT of the object the grant names (§7.2); path-style to QWEN_OSS_ENDPOINT if set.
+
+        ``proxies``: the uploading account's own proxy, which every call of that account takes.
+        """
         endpoint = self.settings.QWEN_OSS_ENDPOINT
         url = oss.object_url(grant.bucket, grant.file_path, endpoint or grant.endpoint, path_style=bool(endpoint))
         headers = {"Content-Type": content_type, "User-Agent": self.settings.QWEN_USER_AGENT}
         signed = oss.sign_headers("PUT", grant.bucket, grant.file_path, headers, grant.credentials, grant.region,
                                   dt.datetime.now(dt.timezone.utc))
         try:
-            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True) as resp:
+            with self.oss_session.put(url, data=data, headers=signed, timeout=self.timeout, stream=True,
+                                      proxies=proxies) as resp:
                 if resp.status_code < 300:
                     return
                 body = _read_bounded(resp, MAX_ERROR_BODY).decode("utf-8", "replace")
@@ -571,6 +556,10 @@ def is_challenge(exc: BaseException) -> bool:
 def transport_error(exc: requests.RequestException) -> ProxyError:
     """Map a ``requests`` failure to what the client should be told."""
     reason = exc.args[0] if exc.args else None
+    connection = getattr(getattr(reason, "reason", None), "conn", None)  # urllib3's NewConnectionError
+    if isinstance(exc, requests.exceptions.ProxyError) or "SOCKS" in type(connection).__name__:
+        return ServiceUnavailable("The account's proxy refused or failed the connection. Check its proxy=.",
+                                  code="proxy_unreachable", retry_after=10.0)
     if isinstance(exc, requests.ConnectTimeout):
         return ServiceUnavailable("Could not connect to the Qwen site in time. Check QWEN_BASE_URL and the network.")
     if isinstance(exc, requests.ReadTimeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):

@@ -61,7 +61,7 @@ class Uploader:
         if cached is not None:
             return cached
         grant = self.client.sts_grant(identity, filename, len(data), media_parts.STS_FILETYPE[kind])
-        self.client.put_object(grant, data, content_type)
+        self.client.put_object(grant, data, content_type, proxies=identity.proxies)
         if kind == "document":
             self.client.parse_file(identity, grant.file_id, filename)
         entry = media_parts.file_entry(part, file_id=grant.file_id, url=grant.file_url, task_id=str(uuid.uuid4()),

@@ -12,10 +12,12 @@
 - ``fetch``: ``RemoteFetcher``, fetching the URLs clients send, guarded against this server's own network.
 - ``responses``: the OpenAI Responses API (``/v1/responses``) over the same turns as chat.
 - ``response_store``: ``ResponseStore`` and its in-process ``MemoryResponseStore``, the stored responses.
+- ``admin_api``: ``/admin/api/accounts``, the accounts at run time, behind ``ADMIN_KEY``.
 
 ``app`` uses the names exported here.
 """
 
+from routes.admin_api import bp as admin_api_bp
 from routes.chat import ENDPOINTS
 from routes.chat import bp as chat_bp
 from routes.fetch import RemoteFetcher
@@ -26,5 +28,5 @@ from routes.middleware import Admission
 from routes.response_store import MemoryResponseStore
 from routes.responses import bp as responses_bp
 
-__all__ = ["ENDPOINTS", "Admission", "Gateway", "MemoryResponseStore", "RemoteFetcher", "chat_bp", "gateway",
+__all__ = ["ENDPOINTS", "Admission", "admin_api_bp", "Gateway", "MemoryResponseStore", "RemoteFetcher", "chat_bp", "gateway",
            "images_videos_bp", "messages_bp", "responses_bp"]

@@ -50,7 +50,8 @@ def health() -> Response:
     if not accounts["total"]:
         status = "no_account"
     else:
-        status = "ok" if usable == accounts["total"] else "degraded" if usable else "down"
+        serving = accounts["total"] - accounts.get("disabled", 0)  # a disabled account is the operator's choice
+        status = "ok" if usable == serving else "degraded" if usable else "down"
     state = gw.pool.state.describe()
     if state.get("status") == "degraded" and status == "ok":
         status = "degraded"  # this worker answers from its own memory: /health says so

@@ -132,16 +132,17 @@ def generate_images(st: Studio, req: generation.ImageRequest, kind: str, inputs:
     choice = generation.resolve_generation_model(req.model, site_models(), kind)
     urls, size = [], None
     for _ in range(req.n):
-        translator = _collect(open_image_turn(st, choice, req.prompt, req.ratio, inputs, identity, choice.upstream.id))
-        urls.append(translator.image_urls[0])
+        turn = open_image_turn(st, choice, req.prompt, req.ratio, inputs, identity, choice.upstream.id)
+        translator = _collect(turn)
+        urls.append((translator.image_urls[0], turn.proxies))
         size = size or translator.size
     items, output_format = [], None
-    for url in urls:
+    for url, proxies in urls:
         body = None
         if req.response_format == "b64_json":
             settings = st.gw.settings
             body, media_type = st.cdn.download(url, st.max_download, settings.MEDIA_DOWNLOAD_TIMEOUT, DOWNLOAD_TRIES,
-                                               settings.MEDIA_RETRY_DELAY)
+                                               settings.MEDIA_RETRY_DELAY, proxies)
             output_format = media_type.split("/")[1]
         items.append(generation.image_item(url, body, req.prompt))
     return generation.images_response(int(time.time()), items, size, output_format)
@@ -180,6 +181,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
         return turn
 
     account, turn = on_account(gw, identity, start, IMAGE_QUOTA)
+    turn.proxies = account.proxies
     if identity is not None:
         turn.on_close = lambda error: account.close()
     else:  # the pool learns quota answers here: they pause image turns on the account, not chat
@@ -298,13 +300,14 @@ def videos_content(video_id: str) -> Response:
     st = studio()
     with caller_account() as caller:
         job = generation.decode_video_id(video_id)
-        state = video_state(st, job, owner_of(st.gw, job, caller))
+        owner = owner_of(st.gw, job, caller)
+        state = video_state(st, job, owner)
     if state.status != "success" or not state.url:
         raise InvalidRequest(f"The video is not ready (status {state.status}); poll GET /v1/videos/{video_id}.",
                              param="video_id", code="video_not_ready")
     settings = st.gw.settings
     media_type, body = st.cdn.stream(state.url, st.max_download, settings.MEDIA_DOWNLOAD_TIMEOUT, DOWNLOAD_TRIES,
-                                     settings.MEDIA_RETRY_DELAY)
+                                     settings.MEDIA_RETRY_DELAY, owner.proxies)
     return Response(body, mimetype=media_type, direct_passthrough=True)
 
 

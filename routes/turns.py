@@ -68,6 +68,8 @@ class Turn:
         self._follow_up, self._on_complete, self._on_end = follow_up, on_complete, on_end
         #: Called once with the outcome when the turn ends: gives the account back.
         self.on_close: Callable[[Exception | None], None] = lambda error: None
+        #: The account's own proxy, for downloads of what this turn generated (its CDN links).
+        self.proxies: dict[str, str] | None = None
         self._pending: list[dict] = []
         self._heartbeat: float | None = None  # seconds without a chunk that make a keep-alive; None = wait
         self._waiting = False  # prime() gave up waiting: the stream starts before any output

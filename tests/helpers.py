@@ -371,3 +371,141 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+# ------------------------------------------------------------ an outbound HTTP proxy that counts what it carries
+
+
+class CountingProxy:
+    """A small forwarding HTTP proxy on a loopback port: ``CONNECT`` tunnels and absolute-form requests.
+
+    Each request it carries is recorded in ``seen`` as (method, target, headers); with
+    ``auth=("user", "pass")`` it answers 407 unless ``Proxy-Authorization`` carries them.
+    """
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        import base64
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.expected = "Basic " + base64.b64encode(":".join(auth).encode()).decode() if auth else None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock, self._closed = threading.Lock(), False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def url(self, userinfo: str = "") -> str:
+        return f"http://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}"
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return [re.sub(r"^https?://[^/]+", "", target).split("?")[0] for _, target, _ in self.seen]
+
+    def __enter__(self) -> CountingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            reader = conn.makefile("rb")
+            head = reader.readline().decode("latin-1").split()
+            if len(head) != 3:
+                return
+            method, target, _ = head
+            headers: dict[str, str] = {}
+            while (line := reader.readline().decode("latin-1").rstrip("\r\n")):
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            with self._lock:
+                self.seen.append((method, target, headers))
+            if self.expected and headers.get("proxy-authorization") != self.expected:
+                conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                return
+            if method == "CONNECT":
+                host, _, port = target.rpartition(":")
+                upstream = socket.create_connection((host, int(port)), timeout=10)
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._pipe(conn, upstream, reader.read1(65536) if reader.peek(1) else b"")
+                return
+            parts = re.match(r"https?://([^/:]+):?(\d*)(/.*)?$", target)
+            if parts is None:
+                return
+            body = reader.read(int(headers.get("content-length") or 0))
+            upstream = socket.create_connection((parts.group(1), int(parts.group(2) or 80)), timeout=10)
+            kept = "".join(f"{k}: {v}\r\n" for k, v in headers.items()
+                           if not k.startswith("proxy-") and k != "connection")
+            upstream.sendall(f"{method} {parts.group(3) or '/'} HTTP/1.1\r\n{kept}Connection: close\r\n\r\n"
+                             .encode("latin-1") + body)
+            self._pipe(conn, upstream, b"")
+
+    @staticmethod
+    def _pipe(client: socket.socket, upstream: socket.socket, pending: bytes) -> None:
+        """Relay both ways until either side closes."""
+        import selectors
+        with upstream, selectors.DefaultSelector() as selector:
+            if pending:
+                upstream.sendall(pending)
+            selector.register(client, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, client)
+            while True:
+                for key, _ in selector.select(timeout=30):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+
+
+class SocksProxy(CountingProxy):
+    """The same on SOCKS5 (RFC 1928, with RFC 1929 user/password when ``auth`` is set).
+
+    A SOCKS proxy sees only where a connection goes; ``seen`` records each tunnel's
+    first request line as it passes (the calls are plain HTTP to the emulator).
+    """
+
+    def url(self, userinfo: str = "", scheme: str = "socks5") -> str:
+        return f"{scheme}://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}"
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            reader = conn.makefile("rb")
+            version, count = reader.read(2)
+            methods = reader.read(count)
+            wanted = 2 if self.expected else 0
+            if version != 5 or wanted not in methods:
+                conn.sendall(b"\x05\xff")
+                return
+            conn.sendall(bytes([5, wanted]))
+            if wanted == 2:
+                reader.read(1)
+                user = reader.read(reader.read(1)[0]).decode()
+                password = reader.read(reader.read(1)[0]).decode()
+                import base64
+                ok = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() == self.expected
+                conn.sendall(b"\x01\x00" if ok else b"\x01\x01")
+                if not ok:
+                    return
+            _, command, _, kind = reader.read(4)
+            host = (socket.inet_ntoa(reader.read(4)) if kind == 1 else reader.read(reader.read(1)[0]).decode()
+                    if kind == 3 else socket.inet_ntop(socket.AF_INET6, reader.read(16)))
+            port = int.from_bytes(reader.read(2), "big")
+            if command != 1:
+                conn.sendall(b"\x05\x07\x00\x01\x00\x00\x00\x00\x00\x00")
+                return
+            upstream = socket.create_connection((host, port), timeout=10)
+            conn.sendall(b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+            first = conn.recv(65536)
+            line = first.split(b"\r\n", 1)[0].decode("latin-1").split()
+            with self._lock:
+                self.seen.append((line[0] if line else "", f"http://{host}:{port}{line[1] if len(line) > 1 else ''}",
+                                  {"socks-host": host}))
+            self._pipe(conn, upstream, first)

@@ -248,6 +248,7 @@ def test_auth_profile_sources(fake: FakeQwen, base: str) -> None:
 
 
 def test_signin_v1_and_v2(fake: FakeQwen, base: str) -> None:
+    fake.configure(signin_generations=("v2", "v1"))
     fake.accounts["a@example.com"] = hashlib.sha256(b"pw").hexdigest()
     good = {"email": "a@example.com", "password": hashlib.sha256(b"pw").hexdigest()}
     v1 = requests.post(f"{base}/api/v1/auths/signin", json=good, timeout=TIMEOUT)

@@ -63,7 +63,7 @@ from tests.fake_qwen.uploads import UPLOAD_FAULT_ENDPOINTS, UPLOAD_ROUTES, Uploa
 
 log = logging.getLogger(__name__)
 
-FAULT_ENDPOINTS = (frozenset({"completions", "chats_new", "models", "auths"}) | UPLOAD_FAULT_ENDPOINTS
+FAULT_ENDPOINTS = (frozenset({"completions", "chats_new", "models", "auths", "signin"}) | UPLOAD_FAULT_ENDPOINTS
                    | MEDIA_OUT_FAULT_ENDPOINTS)
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 CHATS_PER_PAGE = 20
@@ -117,6 +117,11 @@ class Scenario(UploadScenario, MediaOutSwitches):
     rival_answer: str = ""  # what candidate 1 says (empty: drift.RIVAL_ANSWER twice)
     candidate_rival_fails: bool = False  # candidate 1 ends in a moderation error tagged with its response_id
     require_waf_cookie: bool = False  # a completion must carry an acw_tc cookie the site set (R1#132)
+    #: Sign-in generations that answer (§2.4): the auth host, v2 and v1; a retired one answers as it did.
+    signin_generations: tuple[str, ...] = ("auth_host", "v2")
+    signin_limit: int | None = 12  # sign-in attempts per IP per window before the WAF page (§2.4); None = off
+    signin_window: float = 360.0
+    signin_faults: dict[str, str] | None = None  # email -> fault its sign-ins meet (one account's WAF page)
 
     def __post_init__(self) -> None:
         checks = [
@@ -180,8 +185,8 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("GET", "/api/v2/models/", "models_v2", "models"),
     _Route("GET", "/api/v1/auths/", "auth_profile", "auths"),
     _Route("GET", "/api/v1/auths", "auth_no_slash", "auths"),
-    _Route("POST", "/api/v1/auths/signin", "signin_v1", "auths"),
-    _Route("POST", "/api/v2/auths/signin", "signin_v2", "auths"),
+    _Route("POST", "/api/v1/auths/signin", "signin_v1", "signin"),
+    _Route("POST", "/api/v2/auths/signin", "signin_v2", "signin"),
     _Route("POST", "/api/v2/chats/new", "chats_new", "chats_new"),
     _Route("POST", "/api/v2/chat/completions", "completions", "completions"),
     _Route("POST", "/api/v2/chat/completions/stop", "stop", "chats"),
@@ -278,6 +283,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
         self._local = threading.local()
         self._compiled = [(r, re.compile(r.pattern)) for r in _ROUTES]
         self._reset_uploads()
+        self._reset_signins()
         self._init_script()
         self._init_media_out()
 
@@ -305,6 +311,7 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
             self._stops.clear()
             self._fault_hits = 0
             self._reset_uploads()
+            self._reset_signins()
             self._init_media_out()
         self._clear_script()
         self.release_stalls()
@@ -435,37 +442,6 @@ class FakeQwen(AuthMixin, UploadsMixin, ScriptedReplies, MediaOutSite):
 
     def _h_auth_no_slash(self, request: Request, scenario: Scenario) -> Response:
         return detail_response(401, "Not authenticated")
-
-    def _signin(self, request: Request) -> tuple[str, dict] | None:
-        """Checks {email, sha256-hex password}; returns (token, profile) on success."""
-        body = request.get_json(silent=True) or {}
-        email, password = body.get("email"), body.get("password")
-        if not isinstance(email, str) or self.accounts.get(email) != password:
-            return None
-        user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"qwen:{email}"))
-        with self._lock:
-            self._emails[user_id] = email
-        token = make_jwt(user_id, ttl=self.scenario.token_ttl)
-        return token, self._profile(token, decode_jwt(token) or {})
-
-    def _h_signin_v1(self, request: Request, scenario: Scenario) -> Response:
-        result = self._signin(request)
-        if result is None:
-            return detail_response(401, "The email or password provided is incorrect. "
-                                "Please check for typos and try logging in again.")
-        return json_response(result[1])
-
-    def _h_signin_v2(self, request: Request, scenario: Scenario) -> Response:
-        result = self._signin(request)
-        if result is None:
-            return json_response(fail_body("Unauthorized", "The email or password provided is incorrect."),
-                         status=401)
-        token, profile = result
-        record = {k: v for k, v in profile.items() if k not in ("token", "token_type", "expires_at")}
-        response = ok_response(record)
-        response.headers.add("Set-Cookie", f"token={token}; Path=/; Max-Age={30 * 86400}; "
-                                           "HttpOnly; SameSite=Lax")
-        return response
 
     # -- models ---------------------------------------------------------
 

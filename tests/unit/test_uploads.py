@@ -68,7 +68,7 @@ class FakeClient:
             n = len(self.calls)
         return parse_grant({**GRANT, "file_id": f"id-{n}", "file_path": f"u/id-{n}_{filename}"})
 
-    def put_object(self, grant: Any, data: bytes, content_type: str) -> None:
+    def put_object(self, grant: Any, data: bytes, content_type: str, proxies: Any = None) -> None:
         self.calls.append(("put", content_type))
 
     def parse_file(self, identity: Identity, file_id: str, name: str) -> None:
