@@ -79,7 +79,7 @@ def authenticate() -> Identity | None:
 
 
 #: Posts that start no work of the site's: not counted as usage.
-UNCOUNTED_ENDPOINTS = frozenset({"messages.count_tokens"})
+UNCOUNTED_ENDPOINTS = frozenset({"messages.count_tokens", "api.refresh_token"})
 
 
 def _count_request(key_name: str) -> None:
