@@ -53,7 +53,7 @@ class AccountsCollector(Collector):
 
 
 class Metrics:
-    """One app's Prometheus collectors."""
+    """One app's Prometheus collectors; it listens to the pool's failures and to every recorded usage tally."""
 
     def __init__(self, pool: IdentityPool, book: usage.Usage) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -98,7 +98,7 @@ def track_turn(metrics: Metrics | None, turn: Any, account: Identity | None, mod
     """Tie a started turn to the request's usage and to the stream and first-byte metrics."""
     if metrics is None:  # a Gateway built without collectors (embedders): nothing to count
         return
-    started = g.get("request_started")
+    started = g.pop("request_started", None)  # the request's first turn only: pictures take one turn each
     if started is not None:
         metrics.ttfb.observe(time.monotonic() - started)
     tally = usage.current()

@@ -141,6 +141,8 @@ class Usage:
         try:
             self._store.update(f"usage:{hour}:{row}", lambda value: _added(value, delta), ttl=KEEP_SECONDS)
             with self._lock:
+                if self._indexed and next(iter(self._indexed))[0] != hour:
+                    self._indexed.clear()  # a new hour: last hour's rows are all in its index already
                 new = (hour, row) not in self._indexed
                 self._indexed.add((hour, row))
             if new:
