@@ -14,6 +14,8 @@ from pathlib import Path
 import anthropic
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -187,6 +189,26 @@ def test_metrics_key_guards_the_metrics(make_proxy, fake, state_file):
         resp = requests.get(proxy.url + "/metrics", headers=headers, timeout=5)
         assert resp.status_code == 401 and METRICS_KEY not in resp.text
     assert "qwen2openai_requests_total" in str(scrape(proxy.url, METRICS_KEY))
+
+
+@pytest.fixture(scope="module")
+def guarded(fake_server, tmp_path_factory) -> Iterator[str]:
+    from tests.helpers import ProxyServer
+
+    state = str(tmp_path_factory.mktemp("guarded") / "state.sqlite3")
+    with ProxyServer(fake_server.base_url, API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, METRICS_KEY=METRICS_KEY,
+                     STATE_FILE=state) as server:
+        yield server.url
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
+       path=st.sampled_from(["/metrics", "/admin/api/usage"]))
+def test_any_authorization_gets_401_never_5xx(guarded, header, path):
+    header = header.strip()  # what an HTTP client can send
+    resp = requests.get(guarded + path, headers={"Authorization": header}, timeout=10)
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"]["type"] and METRICS_KEY not in resp.text and ADMIN_KEY not in resp.text
 
 
 # ----------------------------------------------------------------- two gunicorn workers

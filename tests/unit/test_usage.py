@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import ConfigError, load_settings, split_api_keys
 from errors import InvalidRequest, RateLimited, UpstreamAuthError, UpstreamError
@@ -106,3 +108,15 @@ def test_summary_today_and_seven_days():
     assert summary["hourly"][1]["tokens"] == 6
     clock.now += 8 * day  # past the week: nothing left to read
     assert book.summary()["7d"]["total"]["requests"] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40), max_size=6))
+def test_split_api_keys_never_names_a_key_by_itself(entries):
+    entries = tuple(e.strip() for e in entries if e.strip() and "," not in e)
+    keys, names = split_api_keys(entries)
+    assert len(keys) == len(names) == len(set(keys))
+    for key, name in zip(keys, names):
+        assert key and "|" not in name
+        if name.endswith("…"):  # unnamed: a third of the key at most, in plain characters
+            assert len(name) - 1 <= len(key) // 3 and label(name[:-1] or "x") != "other"
