@@ -19,4 +19,5 @@ from identity_pool.accounts import Identity, mask, new_session
 from identity_pool.pool import IdentityPool, classify
 from identity_pool.state import MemoryStore, StateStore, StoreError, open_store
 
-__all__ = ["Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "classify", "mask", "new_session", "open_store"]
+__all__ = ["Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "classify", "mask", "new_session",
+           "open_store"]

@@ -127,10 +127,13 @@ def test_errors_are_counted_by_class_and_unnamed_keys_by_a_masked_prefix(make_pr
     assert row["error:client"] == 1 and row["error:rate_limit"] == 1
 
 
-def test_images_are_counted(make_proxy, fake, state_file):
+def test_pictures_and_clips_are_counted(make_proxy, fake, state_file):
     proxy = make_proxy(API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, STATE_FILE=state_file)
     proxy.client(ALICE).images.generate(prompt="a fox", n=2, size="1024x1024")
-    assert usage_of(proxy.url)["today"]["by_key"]["alice"]["images"] == 2
+    proxy.client(BOB).videos.create(prompt="waves at dusk", size="720x1280", seconds="4")
+    by_key = usage_of(proxy.url)["today"]["by_key"]
+    assert (by_key["alice"]["requests"], by_key["alice"]["images"]) == (1, 2)
+    assert (by_key["bob"]["requests"], by_key["bob"]["videos"]) == (1, 1)
 
 
 def test_the_admin_usage_api_needs_the_admin_key(make_proxy, fake, state_file):
