@@ -20,7 +20,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY, COOKIE, TOKEN, Gunicorn
+from tests.helpers import API_KEY, COOKIE, TOKEN, Gunicorn, RedisServer
 
 ALICE, BOB = "sk-alice-fake-key-0001", "sk-bob-fake-key-0002"
 KEYS = f"alice:{ALICE},bob:{BOB},{API_KEY}"
@@ -217,12 +217,16 @@ def test_any_authorization_gets_401_never_5xx(guarded, header, path):
 # ----------------------------------------------------------------- two gunicorn workers
 
 
-@pytest.fixture
-def two_workers(fake_server, tmp_path: Path) -> Iterator[Gunicorn]:
-    server = Gunicorn(fake_server.base_url, tmp_path, 2, API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY,
-                      DATA_DIR=str(tmp_path / "data")).start()
+@pytest.fixture(params=["sqlite", "redis"])
+def two_workers(request: pytest.FixtureRequest, fake_server, tmp_path: Path) -> Iterator[Gunicorn]:
+    """Two gunicorn workers sharing the default SQLite state file, or a real redis-server."""
+    redis = RedisServer(tmp_path).start() if request.param == "redis" else None
+    shared = {"REDIS_URL": redis.url} if redis else {}
+    server = Gunicorn(fake_server.base_url, tmp_path, 2, API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, **shared).start()
     yield server
     server.stop()
+    if redis is not None:
+        redis.stop()
 
 
 def test_usage_and_metrics_add_up_across_two_workers(two_workers, fake):
