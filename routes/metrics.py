@@ -94,7 +94,8 @@ class Metrics:
         return generate_latest(registry)
 
 
-def track_turn(metrics: Metrics | None, turn: Any, account: Identity | None, model: str, stream: bool, images: bool = False) -> None:
+def track_turn(metrics: Metrics | None, turn: Any, account: Identity | None, model: str, stream: bool,
+               images: bool = False) -> None:
     """Tie a started turn to the request's usage and to the stream and first-byte metrics."""
     if metrics is None:  # a Gateway built without collectors (embedders): nothing to count
         return

@@ -1,4 +1,4 @@
-"""``GET /admin/api/usage``: usage per API key, account and model, today and over 7 days, for scripts and the admin page.
+"""``GET /admin/api/usage``: usage per API key, account and model, today and over 7 days (scripts, the admin page).
 
 Behind ``Authorization: Bearer <ADMIN_KEY>``; without ``ADMIN_KEY`` the route does
 not exist (404), so an unconfigured proxy shows nothing of its operators' figures.
@@ -6,12 +6,11 @@ not exist (404), so an unconfigured proxy shows nothing of its operators' figure
 
 from __future__ import annotations
 
-import hmac
-
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, jsonify
 
 from errors import Unauthorized
 from routes.gateway import gateway
+from routes.metrics_api import bearer_matches
 
 bp = Blueprint("usage_api", __name__)
 
@@ -22,8 +21,6 @@ def usage_summary() -> Response:
     admin_key = gw.settings.ADMIN_KEY
     if not admin_key:
         abort(404)
-    given = request.headers.get("Authorization", "")
-    given = given[7:].strip() if given[:7].lower() == "bearer " else ""
-    if not hmac.compare_digest(given.encode(), admin_key.encode()):
+    if not bearer_matches(admin_key):
         raise Unauthorized("Send the admin key as 'Authorization: Bearer <ADMIN_KEY>'.")
     return jsonify(gw.usage.summary())

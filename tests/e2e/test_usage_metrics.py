@@ -20,7 +20,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY, COOKIE, TOKEN, Gunicorn, RedisServer
+from tests.helpers import API_KEY, COOKIE, TOKEN, Gunicorn, ProxyServer, RedisServer
 
 ALICE, BOB = "sk-alice-fake-key-0001", "sk-bob-fake-key-0002"
 KEYS = f"alice:{ALICE},bob:{BOB},{API_KEY}"
@@ -196,8 +196,6 @@ def test_metrics_key_guards_the_metrics(make_proxy, fake, state_file):
 
 @pytest.fixture(scope="module")
 def guarded(fake_server, tmp_path_factory) -> Iterator[str]:
-    from tests.helpers import ProxyServer
-
     state = str(tmp_path_factory.mktemp("guarded") / "state.sqlite3")
     with ProxyServer(fake_server.base_url, API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, METRICS_KEY=METRICS_KEY,
                      STATE_FILE=state) as server:
