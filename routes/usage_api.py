@@ -19,7 +19,7 @@ bp = Blueprint("usage_api", __name__)
 def usage_summary() -> Response:
     gw = gateway()
     admin_key = gw.settings.ADMIN_KEY
-    if not admin_key:
+    if not admin_key or gw.usage is None:
         abort(404)
     if not bearer_matches(admin_key):
         raise Unauthorized("Send the admin key as 'Authorization: Bearer <ADMIN_KEY>'.")
