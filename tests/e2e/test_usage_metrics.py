@@ -127,6 +127,7 @@ def test_errors_are_counted_by_class_and_unnamed_keys_by_a_masked_prefix(make_pr
     assert row["error:client"] == 1 and row["error:rate_limit"] == 1
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks its videos API so
 def test_pictures_and_clips_are_counted(make_proxy, fake, state_file):
     proxy = make_proxy(API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, STATE_FILE=state_file)
     proxy.client(ALICE).images.generate(prompt="a fox", n=2, size="1024x1024")
@@ -174,6 +175,21 @@ def test_metrics_in_one_process(make_proxy, fake, state_file):
     ttfb = families["qwen2openai_time_to_first_byte_seconds"]
     assert value(ttfb, "qwen2openai_time_to_first_byte_seconds_count") == 2
     assert value(families["qwen2openai_open_streams"], "qwen2openai_open_streams") == 0
+
+
+def test_a_stream_is_counted_open_while_it_runs_and_its_late_failure_as_an_error(make_proxy, fake, state_file):
+    fake.configure(answer="abcdefghijkl", chunk_chars=2, stall_after_events=3)
+    proxy = make_proxy(API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, STATE_FILE=state_file, READ_TIMEOUT=1)
+    stream = proxy.client(ALICE).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                         stream=True)
+    next(iter(stream))  # the first output: the stream is open, and the site has gone silent
+    assert value(scrape(proxy.url)["qwen2openai_open_streams"], "qwen2openai_open_streams") == 1
+    with pytest.raises(Exception, match="stopped sending"):
+        for _ in stream:
+            pass
+    assert value(scrape(proxy.url)["qwen2openai_open_streams"], "qwen2openai_open_streams") == 0
+    alice = usage_of(proxy.url)["today"]["by_key"]["alice"]
+    assert (alice["requests"], alice["errors"], alice["error:upstream"]) == (1, 1, 1), "failed after HTTP 200"
 
 
 def test_metrics_hold_no_secret(make_proxy, fake, state_file):
