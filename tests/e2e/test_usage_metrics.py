@@ -8,6 +8,7 @@ SDKs were told (the site's own token counts), and ``/metrics`` is read with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,9 +234,12 @@ def test_any_authorization_gets_401_never_5xx(guarded, header, path):
 
 @pytest.fixture(params=["sqlite", "redis"])
 def two_workers(request: pytest.FixtureRequest, fake_server, tmp_path: Path) -> Iterator[Gunicorn]:
-    """Two gunicorn workers sharing the default SQLite state file, or a real redis-server."""
+    """Two gunicorn workers sharing the default SQLite state file, or a real redis-server.
+
+    The Redis run names its own ``PROMETHEUS_MULTIPROC_DIR``; the SQLite run leaves it to gunicorn.conf.py.
+    """
     redis = RedisServer(tmp_path).start() if request.param == "redis" else None
-    shared = {"REDIS_URL": redis.url} if redis else {}
+    shared = {"REDIS_URL": redis.url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")} if redis else {}
     server = Gunicorn(fake_server.base_url, tmp_path, 2, API_KEY=KEYS, ADMIN_KEY=ADMIN_KEY, **shared).start()
     yield server
     server.stop()
@@ -247,11 +251,19 @@ def test_usage_and_metrics_add_up_across_two_workers(two_workers, fake):
     client = OpenAI(base_url=two_workers.url + "/v1", api_key=ALICE, max_retries=0, timeout=20)
     workers: set[int] = set()
     sent = 0
-    while sent < 40 and (len(workers) < 2 or sent < 6):
+
+    def health() -> None:
         with requests.Session() as fresh:  # a new connection each: the kernel spreads them over the workers
             workers.add(fresh.get(two_workers.url + "/health", timeout=5).json()["worker"])
-        chat(client, f"turn {sent}")
-        sent += 1
+
+    while sent < 80 and (len(workers) < 2 or sent < 8):  # four chats at once, so a busy worker leaves some
+        batch = [threading.Thread(target=chat, args=(client, f"turn {sent + n}")) for n in range(4)]
+        batch += [threading.Thread(target=health) for _ in range(4)]
+        for thread in batch:
+            thread.start()
+        for thread in batch:
+            thread.join()
+        sent += 4
     assert len(workers) == 2, "both workers answered"
     seen: set[int] = set()
     for _ in range(20):  # every worker reads the same figures: the shared store and the shared metric files
@@ -264,3 +276,6 @@ def test_usage_and_metrics_add_up_across_two_workers(two_workers, fake):
             assert total == sent
             assert value(families["qwen2openai_tokens"], "qwen2openai_tokens_total", key="alice", kind="prompt") > 0
             assert sum(s.value for s in families["qwen2openai_accounts"]) == 1
+    chosen = two_workers.env.get("PROMETHEUS_MULTIPROC_DIR")
+    if chosen:  # honoured: both workers' counters are there
+        assert len(list(Path(chosen).glob("counter_*.db"))) == 2
