@@ -90,18 +90,20 @@ def test_usage_is_counted_per_key_account_and_model(make_proxy, fake, state_file
     claude = anthropic.Anthropic(base_url=proxy.url, api_key=BOB, max_retries=0, timeout=20)
     message = claude.messages.create(model=MODEL, max_tokens=200, messages=[{"role": "user", "content": "hi"}])
     told["bob"][0] += message.usage.input_tokens
+    response = proxy.client(BOB).responses.create(model=MODEL, input="and the Responses API")
+    told["bob"][0] += response.usage.input_tokens
 
     today = usage_of(proxy.url)["today"]
     alice, bob = today["by_key"]["alice"], today["by_key"]["bob"]
-    assert alice["requests"] == 3 and bob["requests"] == 2
+    assert alice["requests"] == 3 and bob["requests"] == 3
     assert [alice["prompt_tokens"], alice["completion_tokens"], alice["reasoning_tokens"]] == told["alice"]
     assert bob["prompt_tokens"] == told["bob"][0] and alice["prompt_tokens"] > 0 and alice["reasoning_tokens"] > 0
     assert "errors" not in alice or alice["errors"] == 0
     assert set(today["by_account"]) == {"account-1", "account-2"}, "round robin: both accounts served"
-    assert sum(a["requests"] for a in today["by_account"].values()) == 5
-    assert today["by_model"][MODEL]["requests"] == 5
+    assert sum(a["requests"] for a in today["by_account"].values()) == 6
+    assert today["by_model"][MODEL]["requests"] == 6
     assert today["total"] == usage_of(proxy.url)["7d"]["total"]
-    assert sum(h["requests"] for h in usage_of(proxy.url)["hourly"]) == 5
+    assert sum(h["requests"] for h in usage_of(proxy.url)["hourly"]) == 6
 
 
 def test_usage_survives_a_restart(make_proxy, fake, state_file):
