@@ -114,11 +114,13 @@ def track_turn(metrics: Metrics | None, turn: Any, account: Identity | None, mod
         try:
             give_back(error)
         finally:
-            if stream:
-                metrics.open_streams.dec()
-            if tally is not None:
-                _count_turn(tally, turn, error, images)
-                tally.turn_closed()
+            try:
+                if tally is not None:
+                    _count_turn(tally, turn, error, images)
+                    tally.turn_closed()
+            finally:  # last: a stream no longer counted open has had its usage written
+                if stream:
+                    metrics.open_streams.dec()
 
     turn.on_close = close
 

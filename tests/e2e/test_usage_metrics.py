@@ -9,6 +9,7 @@ SDKs were told (the site's own token counts), and ``/metrics`` is read with
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,6 +191,11 @@ def test_a_stream_is_counted_open_while_it_runs_and_its_late_failure_as_an_error
     with pytest.raises(Exception, match="stopped sending"):
         for _ in stream:
             pass
+    # The error event leaves before the turn is closed behind it: wait (bounded) for the close.
+    deadline = time.monotonic() + 5
+    while value(scrape(proxy.url)["qwen2openai_open_streams"], "qwen2openai_open_streams") and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)
     assert value(scrape(proxy.url)["qwen2openai_open_streams"], "qwen2openai_open_streams") == 0
     alice = usage_of(proxy.url)["today"]["by_key"]["alice"]
     assert (alice["requests"], alice["errors"], alice["error:upstream"]) == (1, 1, 1), "failed after HTTP 200"
