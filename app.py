@@ -27,7 +27,7 @@ from errors import ProxyError, echo
 from identity_pool import IdentityPool, StoreError, new_session, open_store, secrets_of
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
-from routes import MemoryResponseStore, admin_api_bp, responses_bp
+from routes import MemoryResponseStore, Metrics, Usage, admin_api_bp, metrics_bp, responses_bp, usage_api_bp
 from routes.messages import PATH_PREFIX as MESSAGES_PATH
 from routes.messages import http_error as messages_http_error
 
@@ -55,7 +55,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     uploader = Uploader(client, state)
     chats = Conversations(client, settings, uploader, state, pool.find)
     responses = MemoryResponseStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS)  # Responses API, by id
-    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses)
+    book = Usage(state)  # usage per key, account and model, and the Prometheus collectors (README: Operating)
+    app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses,
+                                            usage=book, metrics=Metrics(pool, book))
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
                               "request-id", "X-Qwen-Model"], max_age=600)
@@ -63,6 +65,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(images_videos_bp)
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(usage_api_bp)
     if settings.ADMIN_KEY:  # unset: no admin API at all
         app.register_blueprint(admin_api_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
@@ -108,7 +112,7 @@ class RedactingFilter(logging.Filter):
 
 def install_redaction(settings: Settings) -> None:
     """Mask this app's secrets on every handler of the root logger, which every module's records reach."""
-    secrets = [*settings.API_KEY, *settings.QWEN_TOKEN, *settings.COOKIE]
+    secrets = [*settings.API_KEY, *settings.QWEN_TOKEN, *settings.COOKIE, settings.METRICS_KEY, settings.ADMIN_KEY]
     secrets += [v for c in settings.COOKIE for v in (p.split("=", 1)[-1] for p in c.split(";"))]
     secrets += [s for c in settings.COOKIE for s in secrets_of(c)] + [settings.ADMIN_KEY]
     for handler in logging.getLogger().handlers:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ class ConfigError(ValueError):
 class Settings:
     """Validated, immutable configuration of one proxy instance."""
 
+    #: The keys callers may use; an entry may be named, ``alice:sk-…``, to count usage per name.
     API_KEY: tuple[str, ...] = ()
+    #: Each API_KEY's name for usage figures (set from API_KEY; an unnamed key gets a masked prefix of itself).
+    API_KEY_NAMES: tuple[str, ...] = ()
     QWEN_TOKEN: tuple[str, ...] = ()
     COOKIE: tuple[str, ...] = ()
     SERVER_MODE: bool = True
@@ -92,6 +96,8 @@ class Settings:
     STATE_FILE: str = str(BASE_DIR / "data" / "state.sqlite3")
     #: ``redis://host:6379/0``: keep the shared state in Redis instead, for several hosts.
     REDIS_URL: str = ""
+    #: ``GET /metrics`` wants ``Authorization: Bearer <METRICS_KEY>`` when set (open otherwise).
+    METRICS_KEY: str = ""
     #: MAX_CONCURRENT_REQUESTS and ACCOUNT_MAX_CONCURRENCY count across all workers and hosts, not per process.
     GLOBAL_LIMITS: bool = False
     TOKEN_REFRESH_CHECK_SECONDS: float = 60.0
@@ -367,7 +373,33 @@ def load_settings(
         logger.warning("MAX_TURN_CHARS is deprecated: the site's size rule counts bytes; set MAX_TURN_BYTES "
                        "(default %d) instead", Settings.MAX_TURN_BYTES)
     cookies = settings.COOKIE + read_cookie_file(settings.COOKIE_FILE)
-    return dataclasses.replace(settings, COOKIE=tuple(dict.fromkeys(cookies)))
+    keys, names = split_api_keys(settings.API_KEY)
+    return dataclasses.replace(settings, COOKIE=tuple(dict.fromkeys(cookies)), API_KEY=keys, API_KEY_NAMES=names)
+
+
+#: A key's name in ``name:key``: short and plain, so it can be a label in /metrics.
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,32}")
+
+
+def split_api_keys(entries: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``alice:sk-…`` entries into the keys and their names; a plain key is named by a short masked prefix.
+
+    Only a plain name before the first colon makes an entry named, so a key that
+    itself holds a colon after other characters stays whole.
+    """
+    keys: dict[str, str] = {}
+    for entry in entries:
+        name, sep, key = entry.partition(":")
+        if not (sep and key.strip() and _KEY_NAME.fullmatch(name.strip())):
+            name, key = "", entry
+        key = key.strip()
+        keys.setdefault(key, name.strip() or unnamed_key_label(key))
+    return tuple(keys), tuple(keys.values())
+
+
+def unnamed_key_label(key: str) -> str:
+    """A masked prefix that tells keys apart in usage figures: a third of the key at most, 6 characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key[:min(6, len(key) // 3)]) + "…"
 
 
 def _describe(value: Any) -> str:

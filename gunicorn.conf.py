@@ -7,6 +7,7 @@ line or in ``GUNICORN_CMD_ARGS``.
 """
 
 import os
+import shutil
 import sys
 
 from config import ConfigError, load_settings
@@ -49,3 +50,35 @@ loglevel = "info"
 # gunicorn 25.1+ opens a control socket at one fixed path per user, which a second instance
 # (a test, a benchmark, another deployment) would fight over; nothing here uses it.
 control_socket_disable = True
+
+# Prometheus counters under several workers: each worker writes its own files in one directory and a
+# scrape of /metrics adds them up. PROMETHEUS_MULTIPROC_DIR is honoured; unset, the directory is one per
+# port in the data directory, so two instances on one host keep theirs apart. It is emptied when the
+# master starts (last run's figures would add up with this run's) and a worker's live gauges go with it;
+# the default one is removed when the master exits.
+_own_metrics_dir = ""
+if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _data_dir = getattr(_settings, "DATA_DIR", "") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    _own_metrics_dir = os.path.join(_data_dir, f"prometheus-{_settings.PORT}")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+
+
+def on_starting(server):  # noqa: ARG001 (gunicorn's hook signature)
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):  # noqa: ARG001
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ARG001
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

@@ -23,10 +23,9 @@ Other folders use the names exported here.
 
 from identity_pool.accounts import Identity, mask, new_session
 from identity_pool.credentials import CredentialError, parse_account, proxy_host, secrets_of
-from identity_pool.pool import IdentityPool
+from identity_pool.pool import IdentityPool, classify
+from identity_pool.registry import public_id
 from identity_pool.state import MemoryStore, StateStore, StoreError, open_store
 
-from identity_pool.registry import public_id
-
-__all__ = ["CredentialError", "Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "mask",
+__all__ = ["CredentialError", "Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "classify", "mask",
            "new_session", "open_store", "parse_account", "proxy_host", "public_id", "secrets_of"]

@@ -74,6 +74,8 @@ class IdentityPool:
         self._stop = threading.Event()
         self._tokens = Tokens(self._state, renewer, store, self.RENEW_LOCK_SECONDS)
         self._tokens.restore(self.identities)
+        #: Told of every failure that counts against an account, as (account, failure class): metrics listen here.
+        self.on_failure: Callable[[Identity, str], None] | None = None
         if registry is not None:
             self.sync_accounts()
 
@@ -288,6 +290,8 @@ class IdentityPool:
         kind = classify(error)
         if id(identity) not in self._local:
             return
+        if kind is not None and self.on_failure is not None:
+            self.on_failure(identity, kind.value)
         if kind is Failure.RATE_LIMIT and feature is not None:
             self._spend_quota(identity, feature, error)
             return

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from errors import ChatNotFound, InvalidRequest, ProxyError, UpstreamError
+from errors import ChatNotFound, ProxyError, UpstreamError
 from identity_pool import MemoryStore
 from qwen_client.wire import TurnLimit, encode_body
 from transform import media_parts, openai_chat, tool_prompts

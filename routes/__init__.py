@@ -13,6 +13,12 @@
 - ``responses``: the OpenAI Responses API (``/v1/responses``) over the same turns as chat.
 - ``response_store``: ``ResponseStore`` and its in-process ``MemoryResponseStore``, the stored responses.
 - ``admin_api``: ``/admin/api/accounts``, the accounts at run time, behind ``ADMIN_KEY``.
+- ``usage``: ``Usage`` (requests, errors, tokens, pictures and clips per API key, account, model and
+  hour, in the shared store) and ``Tally``, one request's figures, written once when it ends.
+- ``metrics``: ``Metrics``, the Prometheus collectors (multi-process under gunicorn), and
+  ``track_turn``, which ties a turn to them and to the request's usage.
+- ``metrics_api``: ``GET /metrics`` and the request hooks that count every request.
+- ``usage_api``: ``GET /admin/api/usage`` (behind ``ADMIN_KEY``).
 
 ``app`` uses the names exported here.
 """
@@ -24,9 +30,13 @@ from routes.fetch import RemoteFetcher
 from routes.gateway import Gateway, gateway
 from routes.images_videos import bp as images_videos_bp
 from routes.messages import bp as messages_bp
+from routes.metrics import Metrics
+from routes.metrics_api import bp as metrics_bp
 from routes.middleware import Admission
 from routes.response_store import MemoryResponseStore
 from routes.responses import bp as responses_bp
+from routes.usage import Usage
+from routes.usage_api import bp as usage_api_bp
 
-__all__ = ["ENDPOINTS", "Admission", "admin_api_bp", "Gateway", "MemoryResponseStore", "RemoteFetcher", "chat_bp", "gateway",
-           "images_videos_bp", "messages_bp", "responses_bp"]
+__all__ = ["ENDPOINTS", "Admission", "Gateway", "MemoryResponseStore", "Metrics", "RemoteFetcher", "Usage", "admin_api_bp",
+           "chat_bp", "gateway", "images_videos_bp", "messages_bp", "metrics_bp", "responses_bp", "usage_api_bp"]

@@ -7,7 +7,6 @@ open a turn with ``routes.turns`` and return JSON or a stream. ``-image``,
 
 from __future__ import annotations
 
-import json
 import os
 
 from flask import Blueprint, Response, current_app, jsonify, request

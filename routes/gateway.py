@@ -21,7 +21,9 @@ from config import Settings
 from errors import InvalidRequest, Unauthorized
 from identity_pool import Identity, IdentityPool
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
+from routes import usage as usage_counts
 from routes.fetch import RemoteFetcher
+from routes.metrics import Metrics
 from routes.response_store import MemoryResponseStore, ResponseStore
 from transform.openai_chat import ModelInfo
 
@@ -39,6 +41,10 @@ class Gateway:
     conversations: Conversations
     #: Responses kept for ``GET /v1/responses/<id>`` and ``previous_response_id``.
     responses: ResponseStore = dataclasses.field(default_factory=MemoryResponseStore)
+    #: Usage per API key, account and model, in the shared store (``routes.usage``).
+    usage: usage_counts.Usage | None = None
+    #: The Prometheus collectors behind ``GET /metrics`` (``routes.metrics``).
+    metrics: Metrics | None = None
 
 
 def gateway() -> Gateway:
@@ -60,22 +66,38 @@ def authenticate() -> Identity | None:
     if not settings.SERVER_MODE and ";" in bearer:
         key, token, cookie = (bearer.split(";", 2) + ["", ""])[:3]
     key = key.strip() or request.headers.get("x-api-key", "").strip()
-    if settings.API_KEY and not _key_matches(key, settings.API_KEY):
+    matched = _matching_key(key, settings.API_KEY) if settings.API_KEY else None
+    if settings.API_KEY and matched is None:
         raise Unauthorized(
             "Invalid API key." if key else
             "Missing API key. Send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header."
         )
+    _count_request(settings.API_KEY_NAMES[matched] if matched is not None else usage_counts.NONE)
     if token.strip() or cookie.strip():
         return Identity(token=token.strip(), cookie=cookie.strip(), pool_size=4, label="client", ephemeral=True)
     return None
 
 
-def _key_matches(given: str, keys: Iterable[str]) -> bool:
+#: Posts that start no work of the site's: not counted as usage.
+UNCOUNTED_ENDPOINTS = frozenset({"messages.count_tokens", "api.refresh_token"})
+
+
+def _count_request(key_name: str) -> None:
+    """Count this request's usage under the caller's key name: the posts that ask the site for work."""
+    book = gateway().usage
+    if (book is not None and request.method == "POST" and request.endpoint not in UNCOUNTED_ENDPOINTS
+            and usage_counts.current() is None):
+        usage_counts.begin(book.record, key_name)
+
+
+def _matching_key(given: str, keys: Iterable[str]) -> int | None:
+    """The index of the key ``given`` is, or ``None``; every key is compared, so timing tells nothing."""
     given_bytes = given.encode()
-    matched = False
-    for key in keys:  # no early exit: the time taken does not depend on which key matched
-        matched |= hmac.compare_digest(given_bytes, key.encode())
-    return matched
+    found = -1
+    for index, key in enumerate(keys):  # no early exit: the time taken does not depend on which key matched
+        equal = hmac.compare_digest(given_bytes, key.encode())
+        found = max(found, index * equal - (not equal))
+    return found if found >= 0 else None
 
 
 def site_models() -> list[ModelInfo]:

@@ -34,7 +34,9 @@ from errors import InvalidRequest, NotFound, ProxyError, UpstreamAuthError, Upst
 from identity_pool import Identity, new_session
 from qwen_client import CdnFetcher, GenerationClient
 from routes.gateway import Gateway, authenticate, json_body, site_models
+from routes.metrics import track_turn
 from routes.turns import PING, SSE_HEADERS, Turn, encode_event, for_caller, sse, upload_media
+from routes.usage import note as note_usage
 from transform import generation, media_parts, openai_chat
 
 logger = logging.getLogger("qwen2openai")
@@ -186,6 +188,7 @@ def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str
         turn.on_close = lambda error: account.close()
     else:  # the pool learns quota answers here: they pause image turns on the account, not chat
         turn.on_close = lambda error: gw.pool.release(account, error, IMAGE_QUOTA)
+    track_turn(gw.metrics, turn, account, choice.upstream.id, wait is not None, images=True)
     return turn
 
 
@@ -339,6 +342,7 @@ def submit_video(st: Studio, choice: generation.GenerationChoice, prompt: str, r
     if identity is None:
         gw.pool.release(account, None)  # status polls are reads; they do not hold the account
     logger.info("video task %s submitted on %s (%s)", task_id, account.label, kind)
+    note_usage(account.label, choice.upstream.id, videos=1)
     job = generation.VideoJob(task_id, account_ref(account), int(time.time()), kind, ratio or "auto", model_name[:64])
     return job, account
 

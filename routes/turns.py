@@ -24,6 +24,7 @@ from errors import EmptyResponse, ProxyError, Unauthorized, UpstreamAuthError, U
 from identity_pool import Identity
 from qwen_client import AnswerStream
 from routes import hangup
+from routes.metrics import track_turn
 from transform import media_parts, openai_chat, tool_replies
 from transform.answer import StreamTranslator
 
@@ -215,10 +216,12 @@ def open_turn(gw: Gateway, chat: openai_chat.ChatRequest, choice: openai_chat.Mo
             identity.close()
             raise for_caller(exc, True) from None
         turn.on_close = lambda error: identity.close()
+        track_turn(gw.metrics, turn, identity, choice.upstream.id, chat.stream)
         return turn
     prefer = gw.conversations.preferred(chat, choice.upstream.id)
     account, turn = gw.pool.run(lambda ident: start_turn(gw, chat, choice, ident), prefer)
     turn.on_close = lambda error: gw.pool.release(account, error)
+    track_turn(gw.metrics, turn, account, choice.upstream.id, chat.stream)
     return turn
 
 
