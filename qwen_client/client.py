@@ -157,7 +157,7 @@ class QwenClient:
         except requests.RequestException as exc:
             raise transport_error(exc) from None
 
-    def _json(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> Any:
+    def call_json(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> Any:
         """A JSON call: any refusal shape becomes a typed exception, else the parsed body."""
         with self._request(identity, method, path, stream=True, **kwargs) as resp:
             body = _read_bounded(resp, MAX_JSON_BODY if resp.status_code < 400 else MAX_ERROR_BODY)
@@ -173,7 +173,7 @@ class QwenClient:
         last: Exception | None = None
         for path in ("/api/v2/models/", "/api/models"):
             try:
-                return parse_upstream_models(self._json(identity, "GET", path, session=session))
+                return parse_upstream_models(self.call_json(identity, "GET", path, session=session))
             except (ProxyError, ValueError) as exc:
                 logger.info("model list from %s failed: %s", path, exc)
                 last = exc
@@ -205,7 +205,7 @@ class QwenClient:
         must not stand in the way of a live session. The body decides, not the
         status: a 200 without a token is a refusal.
         """
-        profile = self._json(identity, "GET", "/api/v1/auths/", bearer=False)
+        profile = self.call_json(identity, "GET", "/api/v1/auths/", bearer=False)
         if not isinstance(profile, Mapping):
             raise UpstreamAuthError("The Qwen site answered the session profile with no profile; copy a fresh cookie.")
         data = profile.get("data") if isinstance(profile.get("data"), Mapping) else {}
@@ -217,7 +217,7 @@ class QwenClient:
     def create_chat(self, identity: Identity, model: str, chat_type: str) -> str:
         """``POST /api/v2/chats/new`` → the new chat id (§4)."""
         payload = new_chat_payload(model, chat_type, int(time.time() * 1000))
-        answer = self._json(identity, "POST", "/api/v2/chats/new", json=payload, referer="/c/new-chat")
+        answer = self.call_json(identity, "POST", "/api/v2/chats/new", json=payload, referer="/c/new-chat")
         chat_id = new_chat_id(answer)
         if chat_id is None:
             raise UpstreamError("The Qwen site created a chat but returned no id.")
@@ -276,12 +276,12 @@ class QwenClient:
         """``getstsToken``: credentials for one new object (v2, falling back to v1 where v2 is gone)."""
         body = {"filename": filename, "filesize": str(size), "filetype": filetype}
         try:
-            answer = self._json(identity, "POST", "/api/v2/files/getstsToken", json=body)
+            answer = self.call_json(identity, "POST", "/api/v2/files/getstsToken", json=body)
         except UpstreamError as exc:
             if exc.code not in ("upstream_http_404", "upstream_http_405"):
                 raise
             logger.info("getstsToken v2 answered %s; trying v1", exc.code)
-            answer = self._json(identity, "POST", "/api/v1/files/getstsToken", json=body)
+            answer = self.call_json(identity, "POST", "/api/v1/files/getstsToken", json=body)
         return parse_grant(answer)
 
     def put_object(self, grant: StsGrant, data: bytes, content_type: str,
@@ -309,7 +309,7 @@ class QwenClient:
 
     def parse_file(self, identity: Identity, file_id: str, name: str) -> None:
         """``files/parse`` then ``parse/status`` until the document is ready; the site reads it only then (§7.3)."""
-        answer = self._json(identity, "POST", "/api/v2/files/parse", json={"file_id": file_id})
+        answer = self.call_json(identity, "POST", "/api/v2/files/parse", json={"file_id": file_id})
         data = answer.get("data") if isinstance(answer, Mapping) else None
         if isinstance(data, Mapping) and data.get("code"):  # an outage, inside success:true (R14)
             raise UpstreamError(
@@ -318,7 +318,7 @@ class QwenClient:
         deadline = time.monotonic() + PARSE_TIMEOUT
         for delay in _poll_delays():
             time.sleep(delay)
-            answer = self._json(identity, "POST", "/api/v2/files/parse/status", json={"file_id_list": [file_id]})
+            answer = self.call_json(identity, "POST", "/api/v2/files/parse/status", json={"file_id_list": [file_id]})
             row = _parse_row(answer, file_id)
             status = str(row.get("status", "")).lower()
             if status in PARSE_READY:

@@ -54,7 +54,7 @@ class GenerationClient:
         for attempt in range(tries):
             if attempt:
                 time.sleep(delay)
-            found = find(self.client._json(identity, "GET", f"/api/v2/chats/{chat_id}", referer=f"/c/{chat_id}"))
+            found = find(self.client.call_json(identity, "GET", f"/api/v2/chats/{chat_id}", referer=f"/c/{chat_id}"))
             if found:
                 return found
         return None
@@ -64,7 +64,7 @@ class GenerationClient:
 
         The body goes as the browser sends it (compact UTF-8), within the size rule like any turn.
         """
-        return self.client._json(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
+        return self.client.call_json(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
                                  data=self.client.encode_turn(payload), referer=f"/c/{chat_id}")
 
     def task_status(self, identity: Identity, task_id: str) -> Any:
@@ -72,10 +72,10 @@ class GenerationClient:
         paths = self._status_paths
         for path in paths[:-1]:
             try:
-                return self.client._json(identity, "GET", path.format(task_id))
+                return self.client.call_json(identity, "GET", path.format(task_id))
             except UpstreamError as exc:
                 if exc.code != "upstream_http_404":  # a missing route, not a missing task
                     raise
                 logger.info("task status: %s is gone, using the older route from now on", path.format("…"))
                 self._status_paths = paths[::-1]
-        return self.client._json(identity, "GET", paths[-1].format(task_id))
+        return self.client.call_json(identity, "GET", paths[-1].format(task_id))
