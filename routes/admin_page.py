@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, redirect, render_template, request
 
 from errors import ProxyError
+from identity_pool import StoreError
 from routes import admin_api
 from routes.admin_sessions import COOKIE, SESSION_TTL, AdminSessions
 from routes.admin_view import page_data, tokens
@@ -42,6 +43,18 @@ SECURITY_HEADERS = {
 @bp.app_template_filter("utc")
 def utc(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _https() -> bool:
+    """Over https, here or at the reverse proxy in front (``X-Forwarded-Proto``): the cookie is then Secure."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.is_secure or forwarded == "https"
+
+
+@bp.errorhandler(StoreError)
+def store_down(exc: StoreError) -> Response:
+    logger.warning("admin page: the state store failed: %s", exc)
+    return _page("error.html", 503, message="The state store does not answer: try again shortly.")
 
 
 def _sessions() -> AdminSessions:
@@ -115,7 +128,7 @@ def login() -> Response:
         return _page("login.html", 401, error="That is not the admin key.")
     response = redirect("/admin", 303)
     response.set_cookie(COOKIE, sessions.open(), max_age=SESSION_TTL, path="/admin", httponly=True,
-                        samesite="Strict", secure=request.is_secure)
+                        samesite="Strict", secure=_https())
     return response
 
 
@@ -126,7 +139,7 @@ def logout() -> Response:
         return current
     _sessions().close(current[0])
     response = redirect("/admin?done=out", 303)
-    response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict", secure=request.is_secure)
+    response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="Strict", secure=_https())
     return response
 
 

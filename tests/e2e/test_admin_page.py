@@ -57,6 +57,9 @@ def test_a_wrong_key_is_401_with_the_form_again_and_the_right_one_opens_a_sessio
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
     assert "Secure" not in cookie  # plain http here: a Secure cookie would never come back
     assert ADMIN_KEY not in cookie
+    behind_tls = requests.post(admin.url + "/admin/login", data={"key": ADMIN_KEY}, allow_redirects=False,
+                               headers={"X-Forwarded-Proto": "https"}, timeout=5)
+    assert "Secure" in behind_tls.headers["Set-Cookie"]  # nginx terminates TLS: the cookie is Secure
 
 
 def test_the_page_shows_accounts_masked_with_their_proxy_host_only(admin):
