@@ -11,6 +11,7 @@ back (POST-redirect-GET). Without ``ADMIN_KEY`` the page does not exist (404).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,7 +81,9 @@ def harden(response: Response) -> Response:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
-    return Response(render_template(f"admin/{template}", **context), status, mimetype="text/html")
+    # The worker that drew the page, as /health says it: which process answered is worth knowing under gunicorn.
+    html = render_template(f"admin/{template}", worker=os.getpid(), **context)
+    return Response(html, status, mimetype="text/html")
 
 
 def _session() -> tuple[str, dict[str, Any]] | None:

@@ -5,6 +5,7 @@ sign-in throttling, what the page shows (masked) and generated form posts (4xx, 
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import requests
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, Gunicorn
 
 ADMIN_KEY = "fake-admin-key-page-0001"
 FIRST = make_jwt("user-page-configured")
@@ -121,6 +122,33 @@ def test_sessions_are_shared_by_every_app_on_the_same_store(admin, make_proxy, t
     assert 'id="accounts"' in requests.get(second.url + "/admin", cookies=cookies, timeout=10).text
     requests.post(second.url + "/admin/logout", cookies=cookies, data={"csrf": csrf}, timeout=10)
     assert 'id="accounts"' not in requests.get(admin.url + "/admin", cookies=cookies, timeout=10).text
+
+
+def pages_by_worker(server, cookies: dict, marker: str) -> dict[str, bool]:
+    """GET /admin on fresh connections until both workers answered (bounded): worker -> page shows ``marker``."""
+    seen: dict[str, bool] = {}
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 and time.monotonic() < deadline:
+        text = requests.get(server.url + "/admin", cookies=cookies, timeout=10).text
+        worker = re.search(r'id="worker">(\d+)<', text).group(1)
+        seen[worker] = seen.get(worker, True) and marker in text
+    assert len(seen) == 2, "only one worker answered"
+    return seen
+
+
+def test_every_gunicorn_worker_knows_the_session_and_logout_ends_it_in_all(fake_server, tmp_path):
+    gunicorn = Gunicorn(fake_server.base_url, tmp_path, 2, ADMIN_KEY=ADMIN_KEY, AUTO_REFRESH_TOKEN="false",
+                        COOKIE=f"token={FIRST}").start()
+    try:
+        session = login(gunicorn)
+        cookies = dict(session.cookies)
+        assert set(pages_by_worker(gunicorn, cookies, 'id="accounts"').values()) == {True}
+        csrf = csrf_of(session, gunicorn)
+        assert session.post(gunicorn.url + "/admin/logout", data={"csrf": csrf}, allow_redirects=False,
+                            timeout=10).status_code == 303
+        assert set(pages_by_worker(gunicorn, cookies, 'type="password"').values()) == {True}
+    finally:
+        gunicorn.stop()
 
 
 def test_repeated_wrong_keys_are_limited(admin):
