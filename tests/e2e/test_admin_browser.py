@@ -51,13 +51,22 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 def submit(driver, css: str, then: str) -> None:
     """Click a form's button and wait (bounded) for the page it leads to: an element matching ``then``."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
+
+    def replaced(_driver) -> bool:
+        try:
+            old.tag_name  # noqa: B018 (a round trip to the old page's element)
+        except WebDriverException:  # stale, or mid-navigation ("does not belong to the document")
+            return True
+        return False
+
     driver.find_element(By.CSS_SELECTOR, css).click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 15).until(replaced)
     WebDriverWait(driver, 15).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, then)))
 
 
