@@ -20,7 +20,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 
 from errors import ProxyError
 from identity_pool import StoreError
-from routes import admin_api
+from routes.admin_api import add_line, change, store_pool
 from routes.admin_sessions import COOKIE, SESSION_TTL, AdminSessions
 from routes.admin_view import page_data, tokens
 from routes.gateway import gateway
@@ -152,8 +152,8 @@ def add_account() -> Response:
     if isinstance(current, Response):
         return current
     try:
-        pool = admin_api.store_pool(gateway().pool)
-        _identity, fresh = admin_api.add_line(pool, request.form.get("cookie"), request.form.get("proxy") or None)
+        pool = store_pool(gateway().pool)
+        _identity, fresh = add_line(pool, request.form.get("cookie"), request.form.get("proxy") or None)
     except ProxyError as exc:
         return _dashboard(current[1], exc.status, error=exc.message)
     return redirect(f"/admin?done={'added' if fresh else 'updated'}", 303)
@@ -165,7 +165,7 @@ def account_action(account: str, action: str) -> Response:
     if isinstance(current, Response):
         return current
     try:
-        result = admin_api.change(admin_api.store_pool(gateway().pool), account, action)
+        result = change(store_pool(gateway().pool), account, action)
     except ProxyError as exc:
         return _dashboard(current[1], exc.status, error=exc.message)
     done = "refresh-failed" if result.get("result") == "failed" else action

@@ -44,3 +44,26 @@ def test_recent_errors_keep_the_newest_few_and_only_failures():
     assert [(e["key"], e["class"], e["status"]) for e in errors.newest_first()] == [
         ("key4", "rate_limit", 429), ("key2", "rate_limit", 429), ("key0", "rate_limit", 429)]
     assert len(RecentErrors(size=2).newest_first()) == 0
+
+
+def test_admin_sessions_keep_only_a_hash_and_end_on_logout():
+    from identity_pool import MemoryStore
+    from routes.admin_sessions import LOGIN_ATTEMPTS, AdminSessions
+
+    store = MemoryStore()
+    sessions = AdminSessions(store, "fake-admin-key")
+    assert sessions.key_matches("fake-admin-key") and not sessions.key_matches("fake-admin-ke")
+    assert not sessions.key_matches("fake-admin-key\u00e9")
+    token = sessions.open()
+    found = sessions.find(token)
+    assert found and AdminSessions.csrf_ok(found, found["csrf"]) and not AdminSessions.csrf_ok(found, "x")
+    assert not AdminSessions.csrf_ok(found, None) and not AdminSessions.csrf_ok(found, "")
+    assert store.get(f"admin-session:{token}") is None  # the store never holds the cookie's token itself
+    assert sessions.find(None) is None and sessions.find("x" * 500) is None and sessions.find("other") is None
+    sessions.close(token)
+    assert sessions.find(token) is None
+    for _ in range(LOGIN_ATTEMPTS - 1):
+        sessions.failed("10.0.0.1")
+    assert not sessions.throttled("10.0.0.1")
+    sessions.failed("10.0.0.1")
+    assert sessions.throttled("10.0.0.1") and not sessions.throttled("10.0.0.2")
