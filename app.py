@@ -28,6 +28,7 @@ from identity_pool import IdentityPool, StoreError, new_session, open_store, sec
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
 from routes import MemoryResponseStore, Metrics, Usage, admin_api_bp, metrics_bp, responses_bp, usage_api_bp
+from routes import RecentErrors, admin_page_bp
 from routes.messages import PATH_PREFIX as MESSAGES_PATH
 from routes.messages import http_error as messages_http_error
 
@@ -56,8 +57,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     chats = Conversations(client, settings, uploader, state, pool.find)
     responses = MemoryResponseStore(settings.CHAT_TTL, settings.MAX_CONVERSATIONS)  # Responses API, by id
     book = Usage(state)  # usage per key, account and model, and the Prometheus collectors (README: Operating)
+    recent = RecentErrors()  # the admin page's list of failed requests, told by the usage book
+    book.listeners.append(recent.note)
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses,
-                                            usage=book, metrics=Metrics(pool, book))
+                                            usage=book, metrics=Metrics(pool, book), recent_errors=recent)
     install_redaction(settings)
     CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
                               "request-id", "X-Qwen-Model"], max_age=600)
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(usage_api_bp)
     if settings.ADMIN_KEY:  # unset: no admin API at all
         app.register_blueprint(admin_api_bp)
+        app.register_blueprint(admin_page_bp)
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)

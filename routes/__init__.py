@@ -19,11 +19,16 @@
   ``track_turn``, which ties a turn to them and to the request's usage.
 - ``metrics_api``: ``GET /metrics`` and the request hooks that count every request.
 - ``usage_api``: ``GET /admin/api/usage`` (behind ``ADMIN_KEY``).
+- ``admin_page``: ``GET /admin``, the operator's page (Jinja templates in ``templates/admin/``, CSS in
+  ``static/``), its sign-in and its account forms; ``admin_sessions``: ``AdminSessions``, its sessions,
+  CSRF tokens and sign-in throttle in the shared store; ``admin_view``: what the page shows and its
+  server-drawn chart; ``recent_errors``: ``RecentErrors``, the last failed requests.
 
 ``app`` uses the names exported here.
 """
 
 from routes.admin_api import bp as admin_api_bp
+from routes.admin_page import bp as admin_page_bp
 from routes.chat import ENDPOINTS
 from routes.chat import bp as chat_bp
 from routes.fetch import RemoteFetcher
@@ -33,10 +38,12 @@ from routes.messages import bp as messages_bp
 from routes.metrics import Metrics
 from routes.metrics_api import bp as metrics_bp
 from routes.middleware import Admission
+from routes.recent_errors import RecentErrors
 from routes.response_store import MemoryResponseStore
 from routes.responses import bp as responses_bp
 from routes.usage import Usage
 from routes.usage_api import bp as usage_api_bp
 
-__all__ = ["ENDPOINTS", "Admission", "Gateway", "MemoryResponseStore", "Metrics", "RemoteFetcher", "Usage", "admin_api_bp",
+__all__ = ["ENDPOINTS", "Admission", "Gateway", "MemoryResponseStore", "Metrics", "RecentErrors", "RemoteFetcher", "Usage",
+           "admin_api_bp", "admin_page_bp",
            "chat_bp", "gateway", "images_videos_bp", "messages_bp", "metrics_bp", "responses_bp", "usage_api_bp"]

@@ -23,6 +23,8 @@ from identity_pool import CredentialError, Identity, IdentityPool, parse_account
 from routes.gateway import gateway, json_body
 
 logger = logging.getLogger(__name__)
+#: What can be done to one account (``remove`` is the API's DELETE).
+ACTIONS = ("disable", "enable", "refresh", "remove")
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 
 
@@ -39,7 +41,11 @@ def admin_only() -> None:
 
 
 def _pool() -> IdentityPool:
-    pool = gateway().pool
+    return store_pool(gateway().pool)
+
+
+def store_pool(pool: IdentityPool) -> IdentityPool:
+    """The pool, if it has a state store to keep run-time accounts in (else 503)."""
     if pool.registry is None:
         raise ServiceUnavailable("This instance has no state store to keep accounts in.", retryable=False)
     return pool
@@ -64,14 +70,8 @@ def list_accounts() -> Response:
     return jsonify({"object": "list", "data": _listing(_pool())})
 
 
-@bp.post("/accounts")
-def add_account() -> tuple[Response, int]:
-    pool = _pool()
-    body = json_body()
-    if not isinstance(body, dict):
-        raise InvalidRequest("Send a JSON object: {\"cookie\": \"<cookie, token or email:password>\", "
-                             "\"proxy\": \"<optional url>\"}.")
-    line, proxy = body.get("cookie"), body.get("proxy")
+def add_line(pool: IdentityPool, line: Any, proxy: Any) -> tuple[Identity, bool]:
+    """Add (or update) the account of one line, with its optional proxy; the admin page adds through here too."""
     if not isinstance(line, str) or not line.strip():
         raise InvalidRequest("'cookie' must be a non-empty string: a browser cookie, a token or email:password.",
                              param="cookie")
@@ -85,32 +85,48 @@ def add_account() -> tuple[Response, int]:
     identity, fresh = pool.registry.add(spec)
     pool.sync_accounts()
     logger.info("admin: account %s %s (%s)", public_id(identity), "added" if fresh else "updated", spec.kind)
+    return identity, fresh
+
+
+def change(pool: IdentityPool, account: str, action: str) -> dict[str, Any]:
+    """Disable, enable, refresh or remove the account with this id (the admin API's and the page's actions)."""
+    if action not in ACTIONS:
+        raise NotFound(f"Unknown action {echo(action)}; use disable, enable or refresh.", param="action")
+    identity = _find(pool, account)
+    assert pool.registry is not None
+    if action == "refresh":
+        result = pool.refresh_all(pool.identities.index(identity) + 1)[0]
+        return {**result, "id": account}
+    if action == "remove":
+        pool.registry.flag(identity.key, removed=True)
+        pool.sync_accounts()
+        logger.info("admin: account %s removed", account)
+        return {"id": account, "object": "account", "deleted": True}
+    pool.registry.flag(identity.key, disabled=action == "disable")
+    pool.sync_accounts()
+    logger.info("admin: account %s %sd", account, action)
+    return {"id": account, "object": "account", "disabled": action == "disable"}
+
+
+@bp.post("/accounts")
+def add_account() -> tuple[Response, int]:
+    pool = _pool()
+    body = json_body()
+    if not isinstance(body, dict):
+        raise InvalidRequest("Send a JSON object: {\"cookie\": \"<cookie, token or email:password>\", "
+                             "\"proxy\": \"<optional url>\"}.")
+    identity, fresh = add_line(pool, body.get("cookie"), body.get("proxy"))
     return jsonify({"id": public_id(identity), "object": "account", "source": identity.source,
                     "created": fresh}), 201 if fresh else 200
 
 
 @bp.delete("/accounts/<account>")
 def delete_account(account: str) -> Response:
-    pool = _pool()
-    identity = _find(pool, account)
-    assert pool.registry is not None
-    pool.registry.flag(identity.key, removed=True)
-    pool.sync_accounts()
-    logger.info("admin: account %s removed", account)
-    return jsonify({"id": account, "object": "account", "deleted": True})
+    return jsonify(change(_pool(), account, "remove"))
 
 
 @bp.post("/accounts/<account>/<action>")
 def account_action(account: str, action: str) -> Response:
-    pool = _pool()
-    if action not in ("disable", "enable", "refresh"):
+    if action == "remove":  # DELETE removes; the URL's actions are these three
         raise NotFound(f"Unknown action {echo(action)}; use disable, enable or refresh.", param="action")
-    identity = _find(pool, account)
-    assert pool.registry is not None
-    if action == "refresh":
-        result = pool.refresh_all(pool.identities.index(identity) + 1)[0]
-        return jsonify({**result, "id": account})
-    pool.registry.flag(identity.key, disabled=action == "disable")
-    pool.sync_accounts()
-    logger.info("admin: account %s %sd", account, action)
-    return jsonify({"id": account, "object": "account", "disabled": action == "disable"})
+    return jsonify(change(_pool(), account, action))

@@ -24,6 +24,7 @@ from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import usage as usage_counts
 from routes.fetch import RemoteFetcher
 from routes.metrics import Metrics
+from routes.recent_errors import RecentErrors
 from routes.response_store import MemoryResponseStore, ResponseStore
 from transform.openai_chat import ModelInfo
 
@@ -45,6 +46,8 @@ class Gateway:
     usage: usage_counts.Usage | None = None
     #: The Prometheus collectors behind ``GET /metrics`` (``routes.metrics``).
     metrics: Metrics | None = None
+    #: The last few failed requests, for the admin page (``routes.recent_errors``).
+    recent_errors: RecentErrors | None = None
 
 
 def gateway() -> Gateway:
