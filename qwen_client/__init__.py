@@ -1,8 +1,9 @@
 """How to speak to the Qwen Chat site (chat.qwen.ai); section numbers refer to ``qwen-web-protocol.md``.
 
 - ``client``: ``QwenClient`` (headers, ``chats/new``, completions, JSON calls,
-  token renewal, upload calls), ``AnswerStream`` (the answer read in the
-  background) and ``ModelCatalog`` (the model list and its cache).
+  token renewal, upload calls) and ``AnswerStream`` (the answer read in the
+  background).
+- ``catalog``: ``ModelCatalog``, the model list and its cache.
 - ``signin``: ``SignIn``, email-and-password sign-in (§2.4): the auth host, then v2, then v1.
 - ``wire``: what the site's bytes mean, with no I/O: ``SSEDecoder``, the refusal
   classifier (``classify_payload``, ``error_for_body``, ``error_for_status``),
@@ -21,7 +22,8 @@ Other folders use the names exported here.
 """
 
 from qwen_client.cdn import CdnFetcher
-from qwen_client.client import AnswerStream, ModelCatalog, QwenClient
+from qwen_client.catalog import ModelCatalog
+from qwen_client.client import AnswerStream, QwenClient
 from qwen_client.conversations import Conversations
 from qwen_client.generation import GenerationClient
 from qwen_client.uploads import Uploader

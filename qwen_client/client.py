@@ -55,7 +55,7 @@ from qwen_client.wire import (
     shorten,
     size_captcha,
 )
-from transform.openai_chat import BUILTIN_MODELS, ModelInfo, new_chat_payload, parse_upstream_models
+from transform.openai_chat import ModelInfo, new_chat_payload, parse_upstream_models
 
 if TYPE_CHECKING:
     from config import Settings
@@ -569,41 +569,3 @@ def transport_error(exc: requests.RequestException) -> ProxyError:
     if isinstance(exc, requests.ConnectionError):
         return ServiceUnavailable("Could not reach the Qwen site. Check QWEN_BASE_URL and the network.", retry_after=10.0)
     return UpstreamError(f"Request to the Qwen site failed ({type(exc).__name__}).")
-
-
-class ModelCatalog:
-    """The site's model list, cached with a TTL; the built-in list only when the site is unreachable."""
-
-    #: After a failed fetch, wait this long before asking the site again.
-    RETRY_AFTER_FAILURE = 60.0
-
-    def __init__(self, client: QwenClient, ttl: float, session: requests.Session) -> None:
-        self.client, self.ttl, self.session = client, ttl, session
-        self._models: list[ModelInfo] = []
-        self._source = "not loaded"
-        self._expires = 0.0
-        self._lock = threading.Lock()
-
-    def get(self, identity: Identity | None = None) -> list[ModelInfo]:
-        with self._lock:
-            if time.monotonic() >= self._expires:
-                self._refresh(identity)
-            return self._models
-
-    def _refresh(self, identity: Identity | None) -> None:
-        try:
-            self._models = self.client.list_models(identity, self.session)
-            self._source, self._expires = "upstream", time.monotonic() + self.ttl
-        except ProxyError as exc:
-            logger.warning("cannot load the model list (%s); %s", exc.message,
-                           "keeping the previous one" if self._models else "using the built-in list")
-            if not self._models or self._source == "builtin":
-                self._models, self._source = list(BUILTIN_MODELS), "builtin"
-            self._expires = time.monotonic() + self.RETRY_AFTER_FAILURE
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"source": self._source, "count": len(self._models)}
