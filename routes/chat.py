@@ -12,7 +12,7 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from config import __version__
-from errors import InvalidRequest, ModelNotFound, ProxyError, echo
+from errors import InvalidRequest, ModelNotFound, echo
 from routes.gateway import authenticate, gateway, json_body, site_models
 from routes import messages
 from routes.images_videos import generation_chat
@@ -133,16 +133,10 @@ def chat_completions() -> Response:
     if chat.stream:
         return Response(sse(turn, gw.settings.PING_INTERVAL_SECONDS), mimetype="text/event-stream",
                         headers={**SSE_HEADERS, **headers})
-    error: ProxyError | None = None
-    try:
+    with turn.closing():
         response = jsonify(turn.collect())
-        response.headers.update(headers)
-        return response
-    except ProxyError as exc:
-        error = exc
-        raise
-    finally:
-        turn.close(error)
+    response.headers.update(headers)
+    return response
 
 
 def _is_site_model(model_id: str) -> bool:

@@ -151,15 +151,9 @@ def generate_images(st: Studio, req: generation.ImageRequest, kind: str, inputs:
 
 
 def _collect(turn: Turn) -> generation.ImageTranslator:
-    error: ProxyError | None = None
-    try:
+    with turn.closing():
         turn.collect()
-        return turn.translator  # type: ignore[return-value]
-    except ProxyError as exc:
-        error = exc
-        raise
-    finally:
-        turn.close(error)
+    return turn.translator  # type: ignore[return-value]
 
 
 def open_image_turn(st: Studio, choice: generation.GenerationChoice, prompt: str, ratio: str | None,
@@ -454,14 +448,8 @@ def generation_chat(chat: openai_chat.ChatRequest, identity: Identity | None) ->
                            wait=ping if chat.stream else None)
     if chat.stream:
         return Response(sse(turn, ping), mimetype="text/event-stream", headers=SSE_HEADERS)
-    error: ProxyError | None = None
-    try:
+    with turn.closing():
         return jsonify(turn.collect())
-    except ProxyError as exc:
-        error = exc
-        raise
-    finally:
-        turn.close(error)
 
 
 def _video_chat(st: Studio, chat: openai_chat.ChatRequest, choice: generation.GenerationChoice, prompt: str,

@@ -103,19 +103,13 @@ def _choose(gw: Gateway, asked: anthropic_messages.MessagesRequest) -> openai_ch
 def _collect(turn: Turn, translator: EventTranslator) -> dict[str, Any]:
     """A whole message: the same events a stream gets, added up."""
     events = translator.start()
-    error: Exception | None = None
-    try:
+    with turn.closing():
         for chunks in turn.batches():
             for chunk in chunks:
                 events += translator.feed(chunk)
             if translator.stopped:
                 break  # a stop sequence: the rest of the answer is not wanted
         events += translator.finish()
-    except Exception as exc:
-        error = exc
-        raise
-    finally:
-        turn.close(error)
     return accumulate(events)
 
 

@@ -55,21 +55,15 @@ def create_response() -> Response:
     if chat.stream:
         return Response(_stream(turn, events, keep, gw.settings.PING_INTERVAL_SECONDS),
                         mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
-    error: ProxyError | None = None
-    try:
+    with turn.closing():
         for chunks in turn.batches():
             for chunk in chunks:
                 events.feed(chunk)
         events.finish()
         keep()
         response = jsonify(events.response())
-        response.headers.update(headers)
-        return response
-    except ProxyError as exc:
-        error = exc
-        raise
-    finally:
-        turn.close(error)
+    response.headers.update(headers)
+    return response
 
 
 @bp.get("/v1/responses/<response_id>")

@@ -10,6 +10,7 @@ that failures before it keep a real HTTP status. ``Turn`` relays the rest;
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -189,6 +190,18 @@ class Turn:
         for _ in self.batches():
             pass
         return self.translator.completion()
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[Turn]:
+        """Close the turn when the block ends, telling ``close`` which error ended it (none: it went well)."""
+        error: Exception | None = None
+        try:
+            yield self
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            self.close(error)
 
     def close(self, error: Exception | None = None) -> None:
         if not self._closed:
