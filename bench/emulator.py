@@ -33,6 +33,8 @@ HEADERS = {"Cookie": f"token={TOKEN}", "version": "0.2.83", "source": "web",
            "Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin",
            "timezone": "Fri Sep 18 2026 12:30:00 GMT+0800", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+DELETED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 39\r\n\r\n"
+           b'{"success":true,"data":{"status":true}}')
 
 
 def _call(fake: FakeQwen, method: str, path: str, body: dict | None = None) -> tuple[str, list, list[bytes]]:
@@ -44,7 +46,9 @@ def _call(fake: FakeQwen, method: str, path: str, body: dict | None = None) -> t
 
 
 def _http(status: str, headers: list, writes: list[bytes], chunked: bool) -> bytes:
-    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+    # Set-Cookie too: the site's WAF sets its cookie once, on a first answer, not on every one.
+    dropped = ("content-length", "transfer-encoding", "connection", "set-cookie")
+    kept = [(k, v) for k, v in headers if k.lower() not in dropped]
     if chunked:
         body = b"".join(b"%x\r\n%s\r\n" % (len(w), w) for w in writes if w) + b"0\r\n\r\n"
         kept.append(("Transfer-Encoding", "chunked"))
@@ -100,6 +104,8 @@ class ReplaySite:
                     sock.sendall(self.chat)
                 elif target.startswith(b"/api/v2/models"):
                     sock.sendall(self.models)
+                elif line.startswith(b"DELETE /api/v2/chats/"):
+                    sock.sendall(DELETED)
                 else:
                     sock.sendall(NOT_FOUND)
         except OSError:

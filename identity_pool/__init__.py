@@ -2,8 +2,9 @@
 
 - ``accounts``: ``Identity`` (one account: its token, cookie or email and password digest,
   its own HTTP session and proxy),
-  ``new_session`` (the ``requests`` session every caller of the site uses),
   ``mask``, ``jwt_claims``, ``parse_cookie``.
+- ``sessions``: ``new_session``, the ``requests`` session every caller of the site uses
+  (``SiteSession``, with its lean ``send_bytes`` for the calls of every turn).
 - ``credentials``: ``parse_account``, what one account line says (cookie, token or
   ``email:password``, and `` proxy=<url>``), and ``secrets_of`` for log redaction.
 - ``health``: ``Failure`` and ``classify`` (the failure classes), ``PoolPolicy`` (the
@@ -21,11 +22,12 @@
 Other folders use the names exported here.
 """
 
-from identity_pool.accounts import Identity, mask, new_session
+from identity_pool.accounts import Identity, mask
+from identity_pool.sessions import SiteSession, new_session
 from identity_pool.credentials import CredentialError, parse_account, proxy_host, secrets_of
 from identity_pool.pool import IdentityPool, classify
 from identity_pool.registry import public_id
 from identity_pool.state import MemoryStore, StateStore, StoreError, open_store
 
-__all__ = ["CredentialError", "Identity", "IdentityPool", "MemoryStore", "StateStore", "StoreError", "classify", "mask",
+__all__ = ["CredentialError", "Identity", "IdentityPool", "MemoryStore", "SiteSession", "StateStore", "StoreError", "classify", "mask",
            "new_session", "open_store", "parse_account", "proxy_host", "public_id", "secrets_of"]

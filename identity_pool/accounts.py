@@ -5,7 +5,7 @@ An account is a browser cookie (its ``token`` pair is the session JWT, its
 email and password the proxy signs in with (only the password's SHA-256, which
 is what the site takes, is kept). Each identity owns its own ``requests.Session``
 so accounts never share cookies, and speaks through its own proxy when it has
-one; ``new_session`` builds those sessions for every caller of the site.
+one (``identity_pool.sessions``).
 """
 
 from __future__ import annotations
@@ -14,60 +14,12 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import threading
 import time
 from typing import Any
 
-import requests
-from requests.sessions import merge_setting
-from requests.utils import get_environ_proxies
-
 from identity_pool.credentials import proxy_host
-
-
-class _Session(requests.Session):
-    """requests' session, reading proxy and CA settings from the environment once per site, not per call.
-
-    With ``trust_env`` requests scans ``os.environ`` two or three times on every call
-    (proxies, NO_PROXY, CA bundle): a fifth of the CPU of a call to the site, and every
-    turn makes two. The environment does not change while the service runs.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
-        #: One account's own proxy: it wins over the environment's (requests lets the environment win
-        #: over ``Session.proxies``), so it is passed with every call.
-        self.account_proxies: dict[str, str] | None = None
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        if self.account_proxies and not kwargs.get("proxies"):
-            kwargs["proxies"] = self.account_proxies
-        return super().request(method, url, *args, **kwargs)
-
-    def merge_environment_settings(self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
-        if not self.trust_env or proxies or verify not in (True, None):
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        origin = "/".join(url.split("/", 3)[:3])
-        found = self._environment.get(origin)
-        if found is None:
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            found = self._environment[origin] = (get_environ_proxies(url), bundle)
-        return {"proxies": merge_setting(dict(found[0]), self.proxies), "stream": merge_setting(stream, self.stream),
-                "verify": merge_setting(found[1] or verify, self.verify), "cert": merge_setting(cert, self.cert)}
-
-
-def new_session(pool_size: int, proxy: str = "") -> requests.Session:
-    """One session per account: its own cookies, its own proxy and a connection pool sized for its streams."""
-    session = _Session()
-    session.account_proxies = {"http": proxy, "https": proxy} if proxy else None
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    # Environment proxies are honoured on purpose: users in some regions reach the site only so.
-    session.trust_env = True
-    return session
+from identity_pool.sessions import SiteSession, new_session
 
 
 def mask(secret: str, keep: int = 6) -> str:
@@ -115,13 +67,13 @@ class Identity:
         #: When we obtained the current token (None: it came from the configuration).
         self.obtained_at: float | None = None
         self._pool_size = pool_size
-        self._session: requests.Session | None = None
+        self._session: SiteSession | None = None
         self._lock = threading.Lock()
         #: Held while renewing, so a burst of refusals renews once.
         self.renewing = threading.Lock()
 
     @property
-    def session(self) -> requests.Session:
+    def session(self) -> SiteSession:
         with self._lock:
             if self._session is None:
                 self._session = new_session(self._pool_size, self.proxy)
@@ -136,9 +88,8 @@ class Identity:
         the whole jar, not ``token=`` alone (§14). The account's token always wins.
         """
         cookies = dict(self.cookies)
-        if url is not None and self._session is not None and len(self._session.cookies):
-            fresh = requests.cookies.get_cookie_header(self._session.cookies, requests.Request("GET", url))
-            cookies.update(parse_cookie(fresh or ""))
+        if url is not None and self._session is not None:
+            cookies.update(parse_cookie(self._session.jar_header(url)))
         if self.token:
             cookies["token"] = self.token
         return "; ".join(f"{k}={v}" for k, v in cookies.items())

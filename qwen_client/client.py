@@ -59,7 +59,7 @@ from transform.openai_chat import ModelInfo, new_chat_payload, parse_upstream_mo
 
 if TYPE_CHECKING:
     from config import Settings
-    from identity_pool import Identity
+    from identity_pool import Identity, SiteSession
 
 logger = logging.getLogger(__name__)
 
@@ -148,18 +148,22 @@ class QwenClient:
             headers["Cookie"] = identity.cookie_header(self.base_url)
         return headers
 
-    def _request(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> requests.Response:
-        session = kwargs.pop("session", None) or identity.session
-        referer = kwargs.pop("referer", "/")
-        headers = self.headers(identity, referer, kwargs.pop("bearer", True))
+    def _request(
+        self, identity: Identity | None, method: str, path: str, *, json: Any = None, data: bytes | None = None,
+        session: SiteSession | None = None, referer: str = "/", bearer: bool = True,
+    ) -> requests.Response:
+        """One call to the site, streamed: the caller reads or closes the answer (``with``)."""
+        session = session or identity.session
+        headers = self.headers(identity, referer, bearer)
+        body = encode_body(json) if json is not None else data
         try:
-            return session.request(method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs)
+            return session.send_bytes(method, self.base_url + path, headers, body, self.timeout)
         except requests.RequestException as exc:
             raise transport_error(exc) from None
 
     def call_json(self, identity: Identity | None, method: str, path: str, **kwargs: Any) -> Any:
         """A JSON call: any refusal shape becomes a typed exception, else the parsed body."""
-        with self._request(identity, method, path, stream=True, **kwargs) as resp:
+        with self._request(identity, method, path, **kwargs) as resp:
             body = _read_bounded(resp, MAX_JSON_BODY if resp.status_code < 400 else MAX_ERROR_BODY)
             error = error_for_body(
                 resp.status_code, resp.headers.get("Content-Type", ""), body, resp.headers.get("x-actual-status-code")
@@ -168,7 +172,7 @@ class QwenClient:
             raise error
         return json.loads(body)
 
-    def list_models(self, identity: Identity | None, session: requests.Session) -> list[ModelInfo]:
+    def list_models(self, identity: Identity | None, session: SiteSession) -> list[ModelInfo]:
         """``/api/v2/models/``, falling back to ``/api/models`` (§3.1)."""
         last: Exception | None = None
         for path in ("/api/v2/models/", "/api/models"):
@@ -225,7 +229,7 @@ class QwenClient:
 
     def delete_chat(self, identity: Identity, chat_id: str) -> None:
         """``DELETE /api/v2/chats/<id>`` (§9); a chat that is already gone counts as deleted."""
-        with self._request(identity, "DELETE", f"/api/v2/chats/{chat_id}", stream=True) as resp:
+        with self._request(identity, "DELETE", f"/api/v2/chats/{chat_id}") as resp:
             if resp.status_code == 204:
                 return
             body = _read_bounded(resp, MAX_ERROR_BODY)
@@ -247,7 +251,7 @@ class QwenClient:
 
         def post() -> requests.Response:
             return self._request(identity, "POST", f"/api/v2/chat/completions?chat_id={chat_id}",
-                                 data=body, stream=True, referer=f"/c/{chat_id}")
+                                 data=body, referer=f"/c/{chat_id}")
 
         return AnswerStream(post, chat_id, first_wait=self.settings.PING_INTERVAL_SECONDS,
                             explain=self._own_refusal(len(body)))
@@ -556,13 +560,15 @@ def is_challenge(exc: BaseException) -> bool:
 def transport_error(exc: requests.RequestException) -> ProxyError:
     """Map a ``requests`` failure to what the client should be told."""
     reason = exc.args[0] if exc.args else None
-    connection = getattr(getattr(reason, "reason", None), "conn", None)  # urllib3's NewConnectionError
+    # urllib3's own error: wrapped in a MaxRetryError on requests' path, bare on the session's lean one.
+    failure = getattr(reason, "reason", None) or reason
+    connection = getattr(failure, "conn", None)  # urllib3's NewConnectionError
     if isinstance(exc, requests.exceptions.ProxyError) or "SOCKS" in type(connection).__name__:
         return ServiceUnavailable("The account's proxy refused or failed the connection. Check its proxy=.",
                                   code="proxy_unreachable", retry_after=10.0)
     if isinstance(exc, requests.ConnectTimeout):
         return ServiceUnavailable("Could not connect to the Qwen site in time. Check QWEN_BASE_URL and the network.")
-    if isinstance(exc, requests.ReadTimeout) or isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+    if isinstance(exc, requests.ReadTimeout) or isinstance(failure, urllib3.exceptions.ReadTimeoutError):
         return UpstreamTimeout("The Qwen site stopped sending (read timeout). Retry; long thinking may need a larger READ_TIMEOUT.")
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return UpstreamBroken("The Qwen site broke off the answer mid-stream. Retry.")
