@@ -178,24 +178,41 @@ class ConversationStore:
 # --------------------------------------------------------------------------- janitor
 
 
+#: Deletions leave one by one, spaced out: at most this many a second while few wait ...
+DELETES_PER_SECOND = 4.0
+#: ... and, when many wait (a sweep after a busy hour), fast enough to be done within this many seconds.
+DELETE_SPREAD_SECONDS = 60.0
+
+
+def delete_gap(waiting: int) -> float:
+    """Seconds between two deletions while ``waiting`` more are queued: never a burst, never an endless backlog."""
+    return min(1.0 / DELETES_PER_SECOND, DELETE_SPREAD_SECONDS / max(1, waiting))
+
+
 class ChatJanitor:
     """Deletes upstream chats by id in a background thread, and sweeps expired conversations on a timer.
 
     ``start()`` (the app factory calls it) starts the thread, a greenlet under
     gevent like the pool's token refresher; it sweeps every ``interval`` seconds
     whether or not any traffic comes, so an idle conversation's chat is deleted
-    about ``CHAT_TTL`` after its last turn, as the README promises. ``close()``
-    stops it. ``wait_idle`` lets callers (tests, shutdown) wait until every
-    queued deletion is done.
+    about ``CHAT_TTL`` after its last turn, as the README promises. Deletions are
+    paced by ``gap`` (``delete_gap``): they take no CPU from a burst of turns and
+    show the site no burst of their own. ``close()`` sends what is still queued
+    at once and stops. ``wait_idle`` lets callers (tests, shutdown) wait until
+    every queued deletion is done.
     """
 
-    def __init__(self, client: QwenClient, sweep: Callable[[], None], interval: float = 60.0) -> None:
-        self.client, self._sweep, self.interval = client, sweep, interval
+    def __init__(
+        self, client: QwenClient, sweep: Callable[[], None], interval: float = 60.0,
+        gap: Callable[[int], float] = delete_gap,
+    ) -> None:
+        self.client, self._sweep, self.interval, self._gap = client, sweep, interval, gap
         self._queue: queue.Queue[tuple[Any, str] | None] = queue.Queue()
         self._pending = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._hurry = threading.Event()  # set by close(): what is queued leaves without pauses
         self.deleted = 0
 
     def start(self) -> None:
@@ -223,6 +240,7 @@ class ChatJanitor:
     def close(self) -> None:
         with self._cond:
             thread, self._closed = self._thread, True
+        self._hurry.set()
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout=5)
@@ -244,6 +262,7 @@ class ChatJanitor:
                     self._delete(*item)
                 except Exception:  # the loop must outlive any one bad deletion
                     logger.exception("deleting an upstream chat failed")
+                self._hurry.wait(self._gap(self._queue.qsize()))
 
     def _tick(self) -> None:
         try:
