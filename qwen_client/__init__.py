@@ -11,7 +11,9 @@
   the upload grant (``StsGrant``, ``parse_grant``).
 - ``conversations``: ``Conversations``, which upstream chat a request continues
   (kept in the shared state store, so any worker continues it), and the
-  ``ChatJanitor`` that deletes the proxy's own chats.
+  ``ChatJanitor`` that deletes the proxy's own chats, paced.
+- ``spare_chats``: ``SpareChats``, a chat made ahead of each new conversation (§4),
+  so its first byte waits for one call to the site, not two.
 - ``uploads``: ``Uploader``, the one way bytes reach the site (§7); recent uploads
   are kept in the shared state store too.
 - ``oss``: Aliyun OSS V4 request signing, by hand (§7.2).

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from errors import ChatNotFound, ProxyError, UpstreamError
 from identity_pool import MemoryStore
+from qwen_client.spare_chats import SpareChats
 from qwen_client.wire import TurnLimit, encode_body
 from transform import media_parts, openai_chat, tool_prompts
 
@@ -155,6 +156,18 @@ class ConversationStore:
         """The chat is gone upstream: nothing to delete; keys that point at it fall back to a fresh chat."""
         self.state.unschedule(self.QUEUE, chat_id)
         self.state.delete("chat:" + chat_id)
+
+    def hold(self, account: str, chat_id: str, ttl: float) -> None:
+        """Put a chat made ahead of need (``SpareChats``) in the deletion queue, due in ``ttl`` seconds."""
+        self.state.put("chat:" + chat_id, account, ttl=2 * ttl)
+        self.state.schedule(self.QUEUE, chat_id, self._clock() + ttl)
+
+    def take_held(self, chat_id: str) -> bool:
+        """Take a held chat out of the deletion queue for a turn; ``False`` if a sweep has it already."""
+        taken: list[object] = []
+        self.state.update("chat:" + chat_id, lambda account: taken.append(account))  # → None: deleted
+        self.state.unschedule(self.QUEUE, chat_id)
+        return bool(taken) and isinstance(taken[-1], str)  # the last try counts (Redis may retry)
 
     def holds(self, chat_id: str) -> bool:
         return self.state.get("chat:" + chat_id) is not None
@@ -409,6 +422,7 @@ class Conversations:
         self.store = ConversationStore(state if state is not None else MemoryStore(), settings.CHAT_TTL,
                                        settings.MAX_CONVERSATIONS, self._dropped)
         self.janitor = ChatJanitor(client, lambda: self.store.sweep(force=True), sweep_interval(settings.CHAT_TTL))
+        self.spares = SpareChats(client, self.store, _account, enabled=settings.SPARE_CHATS and settings.DELETE_CHATS)
 
     def preferred(self, chat: openai_chat.ChatRequest, model: str) -> Callable[[Identity], bool] | None:
         """Which account to prefer for this request: the one holding the conversation it continues."""
@@ -447,14 +461,29 @@ class Conversations:
         upstream = UpstreamChat(self.client, identity, model, chat_type, config)
         # Sized (and earlier context uploaded) before a chat is made for a turn the site would refuse.
         content, sent = self._fit(identity, chat, upstream, chat.messages, _newest_start(chat.messages), files, True)
-        upstream.create()
+        upstream.chat_id = self.spares.take(identity, model, chat_type)
         exchange = Exchange(upstream, _no_events(), keys, continued=False)
         try:
-            exchange.events = upstream.open(content, files=sent)
+            exchange.events = self._open_new(upstream, content, sent)
         except ProxyError:
             self.settle(exchange)
             raise
         return exchange
+
+    def _open_new(self, upstream: UpstreamChat, content: str, files: Sequence[Mapping[str, Any]]) -> AnswerStream:
+        """The first turn of a new chat (a spare one if ``upstream`` has it, else one made now); then the next spare."""
+        if upstream.chat_id is None:
+            upstream.create()
+            events = upstream.open(content, files=files)
+        else:
+            try:
+                events = upstream.open(content, files=files)
+            except ChatNotFound:  # the spare was deleted meanwhile (swept, or by hand in the web app)
+                logger.info("spare chat %s is gone upstream; making a new one", upstream.chat_id)
+                upstream.create()
+                events = upstream.open(content, files=files)
+        self.spares.refill(upstream.identity, upstream.model, upstream.chat_type)
+        return events
 
     def _fit(
         self, identity: Identity, chat: openai_chat.ChatRequest, upstream: UpstreamChat,
@@ -530,6 +559,11 @@ class Conversations:
         self.janitor.start()
 
     def close(self) -> None:
+        """Delete the spare chats, then send every queued deletion and stop."""
+        for account, chat_id in self.spares.close():
+            identity = self._accounts(account)
+            if identity is not None and self.store.take_held(chat_id):
+                self.janitor.discard(identity, chat_id)
         self.janitor.close()
 
 

@@ -81,6 +81,22 @@ class ProxyServer:
         return OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)
 
 
+def chats_used(fake: Any) -> list[str]:
+    """The chats the site's completions went into, each once, in order: what "one chat per conversation" means.
+
+    Counting ``chats/new`` calls no longer says it: the proxy makes a spare chat
+    ahead of the next new conversation (``qwen_client/spare_chats.py``).
+    """
+    return list(dict.fromkeys(r.query["chat_id"] for r in fake.requests_to("/api/v2/chat/completions")))
+
+
+def spare_chats(server: ProxyServer) -> set[str]:
+    """The chats ``server`` holds ready for the next new conversation, once it has finished making them."""
+    spares = server.app.extensions["qwen2openai"].conversations.spares
+    assert spares.wait_idle(5), "spare chats are made within seconds"
+    return spares.chat_ids()
+
+
 # ------------------------------------------------------------ the emulator, spoken to directly
 
 

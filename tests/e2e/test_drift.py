@@ -122,7 +122,7 @@ def test_the_browser_header_set_and_bodies(client, fake):
                    .model_dump(exclude_none=True))
     history.append({"role": "user", "content": "two"})
     client.chat.completions.create(model="qwen3.7-plus", messages=history)
-    [new] = fake.requests_to(CHATS_NEW)
+    new = fake.requests_to(CHATS_NEW)[0]  # the first conversation's; then a spare made ahead
     first, second = fake.requests_to(COMPLETIONS)
     chat_id = first.query["chat_id"]
     for request in (new, first, second):

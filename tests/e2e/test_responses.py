@@ -11,7 +11,7 @@ import pytest
 import requests
 from pydantic import BaseModel
 
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, chats_used
 from transform.tool_prompts import format_call
 
 MODEL = "qwen3.7-plus"
@@ -256,7 +256,7 @@ def test_previous_response_id_continues_the_upstream_chat(client, fake):
     assert [text for _, _, text, _ in sent][1:] == ["next one", "and more"], "only the new input is sent"
     responses = [t["response_id"] for t in fake.chats[chat]["turns"]]
     assert [parent for _, parent, _, _ in sent] == [None, *responses[:2]]
-    assert len(fake.requests_to("/api/v2/chats/new")) == 1
+    assert chats_used(fake) == [chat]
 
 
 def test_new_instructions_start_a_fresh_chat_with_the_history(client, fake):

@@ -25,7 +25,7 @@ from app import create_app
 from config import ConfigError, load_settings
 from identity_pool.accounts import Identity, jwt_claims
 from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY, PNG, Gunicorn, RedisServer, free_port
+from tests.helpers import API_KEY, PNG, Gunicorn, RedisServer, chats_used, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "qwen3.7-plus"
@@ -134,7 +134,7 @@ def test_every_continued_turn_continues_its_upstream_chat(cluster, fake):
     for t in threads:
         t.join()
     assert failures == []
-    assert len(fake.requests_to("/api/v2/chats/new")) == 4, "12 of 12 continuable turns continued their chat"
+    assert len(chats_used(fake)) == 4, "12 of 12 continuable turns continued their chat"
     assert len(fake.requests_to("/api/v2/chat/completions")) == 16
 
 
@@ -194,7 +194,7 @@ def test_a_restart_of_every_process_keeps_tokens_and_conversations(cluster, fake
     history = [{"role": "user", "content": "remember me"}]
     first = hosts.chat(0, history)
     assert first.status_code == 200 and refresh not in fake.refresh_tokens  # renewed: the configured one is dead
-    chats = len(fake.requests_to("/api/v2/chats/new"))
+    chats = len(chats_used(fake))
     hosts.stop()
 
     again = cluster(**settings)  # the same, now stale, configuration
@@ -203,7 +203,7 @@ def test_a_restart_of_every_process_keeps_tokens_and_conversations(cluster, fake
         assert again.chat(n, history if n == 0 else [{"role": "user", "content": "hi"}]).status_code == 200
     assert len(fake.requests_to("/api/v2/auths/refresh")) == 1, "the stored token was used, not renewed again"
     assert fake.requests_to("/api/v2/chat/completions")[1].json["parent_id"], "the conversation continued"
-    assert len(fake.requests_to("/api/v2/chats/new")) == chats + 3, "only the three new conversations made a chat"
+    assert len(chats_used(fake)) == chats + 3, "only the three new conversations took a chat"
 
 
 # ----------------------------------------------------------------- a store that is down
