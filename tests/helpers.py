@@ -76,6 +76,7 @@ class ProxyServer:
         self._server.server_close()
         self.app.extensions["qwen2openai"].conversations.close()
         self.app.extensions["qwen2openai"].pool.close()
+        self.app.extensions["qwen2openai.leases"].close()
 
     def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)

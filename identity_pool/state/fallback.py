@@ -108,6 +108,12 @@ class FallbackStore(StateStore):
     def incr(self, key: str, delta: int = 1) -> int:
         return self._use("incr", key, delta)
 
+    def hold(self, key: str, owner: str, delta: int) -> int:
+        return self._use("hold", key, owner, delta)
+
+    def settle(self, key: str, owner: str, how: str, now: float | None = None) -> int:
+        return self._use("settle", key, owner, how, now)
+
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         return self._use("try_lock", name, owner, ttl)
 
