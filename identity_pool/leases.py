@@ -83,13 +83,13 @@ class Leases:
             self._state.update(self.LOST + self.worker_id, lambda mark: None if mark == lost else mark)
             logger.warning("this worker's lease lapsed while it was alive (a pause longer than %.0f s?); "
                            "its %d place(s) count again", self.lease, moved)
-        for dead in self._state.take_due(self.QUEUE, now, limit=16):
+        # Taken and due again one lease later in one step: if this worker dies half-way through a reap,
+        # another one finishes it (reaping twice moves nothing).
+        for dead in self._state.take_due(self.QUEUE, now, limit=16, requeue_at=now + self.lease):
             if dead != self.worker_id:
-                self._reap(dead, now)
+                self._reap(dead)
 
-    def _reap(self, dead: str, now: float) -> None:
-        # Due again later: if this worker dies half-way, another one finishes (reaping twice moves nothing).
-        self._state.schedule(self.QUEUE, dead, now + self.lease)
+    def _reap(self, dead: str) -> None:
         moved = self._settle(dead, "reap")
         self._state.put(self.LOST + dead, uuid.uuid4().hex, ttl=GRACE)  # if it was only slow, it restores
         self._state.unschedule(self.QUEUE, dead)

@@ -103,8 +103,12 @@ class StateStore:
     def unschedule(self, queue: str, member: str) -> None:
         raise NotImplementedError
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
-        """Remove and return members due by ``now``: each is handed to exactly one caller."""
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
+        """Remove and return members due by ``now``: each is handed to exactly one caller.
+
+        With ``requeue_at`` they stay, due again then, in the same atomic step: a
+        taker that dies before it is done leaves the job to the next one.
+        """
         raise NotImplementedError
 
     def take_oldest(self, queue: str, count: int) -> list[str]:

@@ -126,8 +126,8 @@ class FallbackStore(StateStore):
     def unschedule(self, queue: str, member: str) -> None:
         self._use("unschedule", queue, member)
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
-        return self._use("take_due", queue, now, limit)
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
+        return self._use("take_due", queue, now, limit, requeue_at)
 
     def take_oldest(self, queue: str, count: int) -> list[str]:
         return self._use("take_oldest", queue, count)

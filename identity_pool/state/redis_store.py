@@ -20,7 +20,8 @@ from identity_pool.state.base import StateStore, StoreError, Updater, decode, en
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _TAKE_DUE = """
 local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #m > 0 then redis.call('ZREM', KEYS[1], unpack(m)) end
+if #m > 0 and ARGV[3] == '' then redis.call('ZREM', KEYS[1], unpack(m)) end
+if ARGV[3] ~= '' then for _, member in ipairs(m) do redis.call('ZADD', KEYS[1], ARGV[3], member) end end
 return m
 """
 
@@ -126,8 +127,9 @@ class RedisStore(StateStore):
     def unschedule(self, queue: str, member: str) -> None:
         self._call(self._r.zrem, self._k(queue), member)
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
-        taken = self._call(self._take_due, keys=[self._k(queue)], args=[now, limit])
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
+        again = "" if requeue_at is None else repr(float(requeue_at))
+        taken = self._call(self._take_due, keys=[self._k(queue)], args=[now, limit, again])
         return [m.decode() if isinstance(m, bytes) else m for m in taken]
 
     def take_oldest(self, queue: str, count: int) -> list[str]:

@@ -261,3 +261,22 @@ def test_survivors_racing_for_one_dead_lease_subtract_it_once(kind, tmp, request
     assert moved == [0, 0, 0, 0, 0, 3], "one survivor took the lease and gave back its 3 places"
     assert store.get("count")["n"] == 2 and store.get(Leases.REAPED) == 1
     store.close()
+
+
+def test_a_reaper_that_dies_half_way_leaves_the_job_to_the_next(tmp):  # noqa: F811
+    store = SqliteStore(str(tmp / f"half-{time.monotonic_ns()}.sqlite3"))
+    store.hold("count", "dead", 2)
+    store.schedule(Leases.QUEUE, "dead", time.time() - 1)
+    now = time.time()
+    assert store.take_due(Leases.QUEUE, now, requeue_at=now + 1) == ["dead"]  # a reaper took it, then died
+    leases = Leases(store, lease=30)
+    leases.add(lambda owner, how: store.settle("count", owner, how))
+    leases.beat()
+    assert store.get("count")["n"] == 2, "not due again yet"
+    deadline = time.monotonic() + 10
+    while store.get("count") is not None and store.get("count")["n"]:
+        assert time.monotonic() < deadline, "nobody finished the dead reaper's job"
+        time.sleep(0.05)
+        leases.beat()
+    assert store.get(Leases.REAPED) == 1
+    store.close()
