@@ -213,7 +213,10 @@ def main() -> int:
     with listener:
         server = make_server(settings.HOST, settings.PORT, application, threaded=True, fd=listener.fileno())
     logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)
-    server.serve_forever()  # until Ctrl-C
+    try:
+        server.serve_forever()  # until Ctrl-C
+    finally:
+        application.extensions["qwen2openai.leases"].close()  # its places in shared counts go back now
     return 0
 
 

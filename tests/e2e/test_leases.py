@@ -204,6 +204,30 @@ def test_a_killed_host_gives_its_places_back(start, fake, stalled, redis_server)
     wait_for(survivor, (0, 0), within=10)
 
 
+def test_a_paused_host_is_reaped_then_counts_its_places_again(start, fake, stalled, redis_server):  # noqa: F811
+    redis_client.Redis.from_url(redis_server.url).flushdb()
+    settings = {"REDIS_URL": redis_server.url, "MAX_CONCURRENT_REQUESTS": 3}
+    paused, running = start(1, **settings), start(1, **settings)
+    streams = [open_stream(paused.url), open_stream(paused.url), open_stream(running.url)]
+    try:
+        assert fake.wait_stalled(timeout=10, count=3)
+        [worker] = paused.worker_pids()
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            wait_for(running, (1, 1), within=2 * LEASE + 5)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        wait_for(running, (3, 3), within=2 * LEASE)
+        assert refusal(running.url) == "too_many_concurrent_requests"
+        fake.release_stalls()
+        for stream in streams:
+            assert stream.rest().rstrip().endswith(b"data: [DONE]")
+    finally:
+        fake.release_stalls()
+        close(streams)
+    wait_for(running, (0, 0), within=10)
+
+
 def test_a_clean_stop_gives_places_back_at_once(start, fake, stalled, redis_server):  # noqa: F811
     redis_client.Redis.from_url(redis_server.url).flushdb()
     settings = {"REDIS_URL": redis_server.url, "WORKER_LEASE_SECONDS": 300}  # far longer than the test
