@@ -27,7 +27,7 @@ from identity_pool.state.sqlite import SqliteStore
 from tests.e2e.test_scale import AUTH, MODEL, cookie, redis_server, tmp  # noqa: F401 (fixtures)
 from tests.helpers import Gunicorn
 
-LEASE = 4.0  # seconds; a beat every LEASE / 6
+LEASE = 5.0  # seconds; a beat every LEASE / 6: a live worker must miss five in a row to be reaped
 BEAT = LEASE / 6
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
