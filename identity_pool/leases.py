@@ -7,7 +7,9 @@ like the token refresher, renews the worker's lease: its id in the ``workers``
 queue of the store, due ``lease`` seconds ahead. A worker killed without notice
 (``kill -9``, the OOM killer, a host that vanished) stops renewing; the first
 live worker whose heartbeat finds the lease due takes it (the queue hands each
-member to one caller) and reaps the dead worker's shares from every count.
+member to one caller) and reaps the dead worker's shares from every count; a
+lease later, it looks once more (a worker that came back and died meanwhile is
+reaped again), then drops the lease.
 
 A worker that was only slow (a pause longer than the lease) finds a "lost" mark
 left by its reaper at its next beat and restores its shares: reaping and
@@ -84,18 +86,27 @@ class Leases:
             logger.warning("this worker's lease lapsed while it was alive (a pause longer than %.0f s?); "
                            "its %d place(s) count again", self.lease, moved)
         # Taken and due again one lease later in one step: if this worker dies half-way through a reap,
-        # another one finishes it (reaping twice moves nothing).
+        # another one finishes it (reaping twice moves nothing), and a reaped worker is looked at once more.
         for dead in self._state.take_due(self.QUEUE, now, limit=16, requeue_at=now + self.lease):
             if dead != self.worker_id:
                 self._reap(dead)
 
     def _reap(self, dead: str) -> None:
+        """Give ``dead``'s places back, and mark it "lost"; its lease goes only when a lease later it still is.
+
+        A worker that was only slow restores its places and clears the mark at
+        its next beat, and its own beats keep its lease from falling due again;
+        one that comes back and then dies for good is reaped again then.
+        """
+        mark = self._state.get(self.LOST + dead)
         moved = self._settle(dead, "reap")
-        self._state.put(self.LOST + dead, uuid.uuid4().hex, ttl=GRACE)  # if it was only slow, it restores
-        self._state.unschedule(self.QUEUE, dead)
-        self._state.incr(self.REAPED)
-        logger.warning("a worker stopped renewing its lease (killed?); its %d place(s) in the shared counts "
-                       "are given back", moved)
+        if mark is None:
+            self._state.put(self.LOST + dead, uuid.uuid4().hex, ttl=max(GRACE, 3 * self.lease))
+            self._state.incr(self.REAPED)
+            logger.warning("a worker stopped renewing its lease (killed?); its %d place(s) in the shared counts "
+                           "are given back", moved)
+        elif self._state.get(self.LOST + dead) == mark:  # reaped a lease ago and never came back: gone
+            self._state.unschedule(self.QUEUE, dead)
 
     def _settle(self, owner: str, how: str) -> int:
         return sum(ledger(owner, how) for ledger in self._ledgers)

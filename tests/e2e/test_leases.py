@@ -9,9 +9,11 @@ admitted up to the limits again. Every wait polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -171,10 +173,8 @@ def test_a_paused_worker_is_reaped_then_counts_its_places_again(start, fake, sta
             os.kill(victim, signal.SIGCONT)
         wait_for(host, (4, 4), within=2 * LEASE)  # it restores its places: its streams are still open
         assert refusal(host.url) == "too_many_concurrent_requests"
-        fake.release_stalls()
-        for stream in streams:
-            rest = stream.rest()
-            assert rest.rstrip().endswith(b"data: [DONE]"), "the paused worker's streams still end well"
+        os.kill(victim, signal.SIGKILL)  # back, then dead for good: reaped again
+        wait_for(host, (4 - held[victim], 4 - held[victim]), within=2 * LEASE + 5)
     finally:
         fake.release_stalls()
         close(streams)
@@ -288,12 +288,13 @@ def test_survivors_racing_for_one_dead_lease_subtract_it_once(kind, tmp, request
 
 
 def test_a_reaper_that_dies_half_way_leaves_the_job_to_the_next(tmp):  # noqa: F811
-    store = SqliteStore(str(tmp / f"half-{time.monotonic_ns()}.sqlite3"))
+    path = str(tmp / f"half-{time.monotonic_ns()}.sqlite3")
+    store = SqliteStore(path)
     store.hold("count", "dead", 2)
     store.schedule(Leases.QUEUE, "dead", time.time() - 1)
     now = time.time()
     assert store.take_due(Leases.QUEUE, now, requeue_at=now + 1) == ["dead"]  # a reaper took it, then died
-    leases = Leases(store, lease=30)
+    leases = Leases(store, lease=0.5)
     leases.add(lambda owner, how: store.settle("count", owner, how))
     leases.beat()
     assert store.get("count")["n"] == 2, "not due again yet"
@@ -303,4 +304,16 @@ def test_a_reaper_that_dies_half_way_leaves_the_job_to_the_next(tmp):  # noqa: F
         time.sleep(0.05)
         leases.beat()
     assert store.get(Leases.REAPED) == 1
+
+    def queued() -> set[str]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return {m for (m,) in db.execute("SELECT m FROM sched WHERE q = ?", (Leases.QUEUE,))}
+
+    assert "dead" in queued(), "kept a lease longer, in case it comes back and dies again"
+    deadline = time.monotonic() + 10
+    while "dead" in queued():
+        assert time.monotonic() < deadline, "the dead worker's lease was never dropped"
+        time.sleep(0.05)
+        leases.beat()
+    assert queued() == {leases.worker_id}
     store.close()
