@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from config import ConfigError, Settings, load_settings
 from errors import ProxyError, echo
-from identity_pool import IdentityPool, StoreError, new_session, open_store, secrets_of
+from identity_pool import IdentityPool, Leases, StoreError, new_session, open_store, secrets_of
 from qwen_client import Conversations, ModelCatalog, QwenClient, Uploader
 from routes import ENDPOINTS, Admission, Gateway, RemoteFetcher, chat_bp, gateway, images_videos_bp, messages_bp
 from routes import MemoryResponseStore, Metrics, Usage, admin_api_bp, metrics_bp, responses_bp, usage_api_bp
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         state = open_store(settings)
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
-    pool = IdentityPool.from_settings(settings, renewer=client.renew_token, state=state)
+    leases = Leases(state, settings.WORKER_LEASE_SECONDS)  # a dead worker's places in shared counts go back
+    pool = IdentityPool.from_settings(settings, renewer=client.renew_token, state=state, owner=leases.worker_id)
     catalog = ModelCatalog(client, settings.MODELS_CACHE_TTL, new_session(8))
     fetcher = RemoteFetcher(allow_private=settings.ALLOW_PRIVATE_URLS, connect_timeout=settings.CONNECT_TIMEOUT)
     uploader = Uploader(client, state)
@@ -76,7 +77,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ProxyError, render_proxy_error)
     app.register_error_handler(HTTPException, render_http_error)
     app.register_error_handler(Exception, render_unexpected_error)
-    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS, state if settings.GLOBAL_LIMITS else None)
+    admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS, state if settings.GLOBAL_LIMITS else None,
+                          owner=leases.worker_id)
     app.wsgi_app = admission  # type: ignore[method-assign]
     app.extensions["qwen2openai.admission"] = admission
     if not len(pool):
@@ -84,6 +86,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.AUTO_REFRESH_TOKEN:
         pool.start_refresher(settings.TOKEN_REFRESH_CHECK_SECONDS)
     chats.start_janitor()  # deletes idle conversations' chats after CHAT_TTL, traffic or not
+    leases.add(pool.settle_shares)
+    leases.add(admission.settle)
+    leases.start()  # the heartbeat; gunicorn.conf.py's worker_exit closes it (places back at once)
+    app.extensions["qwen2openai.leases"] = leases
     return app
 
 
@@ -207,7 +213,10 @@ def main() -> int:
     with listener:
         server = make_server(settings.HOST, settings.PORT, application, threaded=True, fd=listener.fileno())
     logger.info("serving on http://%s:%d/v1", settings.HOST, settings.PORT)
-    server.serve_forever()  # until Ctrl-C
+    try:
+        server.serve_forever()  # until Ctrl-C
+    finally:
+        application.extensions["qwen2openai.leases"].close()  # its places in shared counts go back now
     return 0
 
 

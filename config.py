@@ -100,6 +100,9 @@ class Settings:
     METRICS_KEY: str = ""
     #: MAX_CONCURRENT_REQUESTS and ACCOUNT_MAX_CONCURRENCY count across all workers and hosts, not per process.
     GLOBAL_LIMITS: bool = False
+    #: A worker that stops renewing its lease this long (killed, host gone) has its places in the shared
+    #: counts given back by a live one; its heartbeat beats six times per lease.
+    WORKER_LEASE_SECONDS: float = 30.0
     TOKEN_REFRESH_CHECK_SECONDS: float = 60.0
     #: Pool: consecutive failures before an account is taken out, and its first cool-down.
     POOL_FAILURE_THRESHOLD: int = 3
@@ -289,6 +292,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "QWEN_BX_UMIDTOKEN": _optional_header_value,
     "TOKEN_REFRESH_MARGIN_MINUTES": _positive(float),
     "GLOBAL_LIMITS": _parse_bool,
+    "WORKER_LEASE_SECONDS": _positive(float),
     "TOKEN_REFRESH_CHECK_SECONDS": _positive(float),
     "POOL_FAILURE_THRESHOLD": _positive(int),
     "POOL_COOLDOWN_SECONDS": _positive(float),

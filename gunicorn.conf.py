@@ -72,6 +72,14 @@ def on_starting(server):  # noqa: ARG001 (gunicorn's hook signature)
                 os.remove(os.path.join(path, name))
 
 
+def worker_exit(server, worker):  # noqa: ARG001
+    # In the worker, as it exits (graceful stop, quick stop, restart): its places in the shared counts go back
+    # now rather than when its lease lapses.
+    leases = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("qwen2openai.leases")
+    if leases is not None:
+        leases.close()
+
+
 def child_exit(server, worker):  # noqa: ARG001
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

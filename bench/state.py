@@ -1,6 +1,6 @@
 """What the shared state costs one turn: the store calls of a turn, timed for each store.
 
-    python -m bench.state [--turns 5000] [--usage]
+    python -m bench.state [--turns 5000] [--usage] [--admission]
 
 A turn's store calls, as the proxy makes them: the pool's read of every account and its claim of one,
 the conversation lookups (``preferred``, then ``start``), remembering the answer, and the release. Run in
@@ -8,6 +8,9 @@ one process for the per-process memory store, the default SQLite file and a redi
 loopback port; the figure is CPU-and-wall microseconds per turn, to compare with the few milliseconds a turn
 costs the worker (bench/README.md). ``--usage`` times each store twice, without and with what a turn adds
 for usage and metrics (its ``Tally`` written to the hourly row, the Prometheus counters of its request).
+``--admission`` also times a request's place in the cluster-wide admission count (``GLOBAL_LIMITS``): taken
+and given back as a plain counter (``incr``, before leases) and as this worker's share (``hold``), with eight
+other workers holding places in the same count.
 """
 
 from __future__ import annotations
@@ -70,10 +73,29 @@ def measure(store: StateStore, turns: int, usage: bool = False) -> dict[str, flo
     return {"us_per_turn": wall / turns * 1e6, "cpu_us_per_turn": cpu / turns * 1e6}
 
 
+def measure_admission(store: StateStore, turns: int) -> dict[str, float]:
+    """µs per request for its admission place: ``incr`` +1/-1 (a plain counter) against ``hold`` +1/-1 (a share)."""
+    for n in range(8):
+        store.hold("bench:shares", f"{n:032x}", 3)
+    figures = {}
+    for name, take, give in (
+        ("incr", lambda: store.incr("bench:plain"), lambda: store.incr("bench:plain", -1)),
+        ("hold", lambda: store.hold("bench:shares", "f" * 32, 1), lambda: store.hold("bench:shares", "f" * 32, -1)),
+    ):
+        for _ in range(200):
+            take(), give()
+        wall = time.perf_counter()
+        for _ in range(turns):
+            take(), give()
+        figures[f"{name}_us"] = (time.perf_counter() - wall) / turns * 1e6
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=5000)
     parser.add_argument("--usage", action="store_true", help="also time each store with usage and metrics")
+    parser.add_argument("--admission", action="store_true", help="also time the admission count per request")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="qwen2openai-bench-state-"))
     port = free_port()
@@ -92,6 +114,10 @@ def main() -> None:
                 print(f"{name + '+usage':>13}: {counted['us_per_turn']:7.1f} µs per turn, "
                       f"{counted['cpu_us_per_turn']:7.1f} µs CPU "
                       f"(+{counted['us_per_turn'] - figures[name]['us_per_turn']:.1f} µs)")
+            if args.admission:
+                place = figures[f"{name}+admission"] = measure_admission(store, args.turns)
+                print(f"{name + ' admission':>17}: incr {place['incr_us']:6.1f} µs, hold {place['hold_us']:6.1f} µs "
+                      "per request (take and give back)")
             store.close()
         print(json.dumps(figures))
     finally:

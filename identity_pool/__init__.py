@@ -15,6 +15,8 @@
   time (the admin API), kept in the shared store so every worker serves the same set.
 - ``tokens``: ``Tokens``, each account's newest token through the shared store, renewed
   once cluster-wide under a lock there.
+- ``leases``: ``Leases``, each worker's lease (a heartbeat in the store): the places a worker
+  that died held in the shared counts are reaped by a live one; ``shared_count`` reads such a count.
 - ``token_store``: ``TokenStore``, the JSON mirror of renewed tokens on disk, written atomically.
 - ``state``: the shared state (``StateStore``; SQLite by default, Redis with ``REDIS_URL``,
   memory for one process) that the pool, the conversations and the upload cache use.
@@ -25,9 +27,12 @@ Other folders use the names exported here.
 from identity_pool.accounts import Identity, mask
 from identity_pool.sessions import SiteSession, new_session
 from identity_pool.credentials import CredentialError, parse_account, proxy_host, secrets_of
+from identity_pool.leases import Leases
 from identity_pool.pool import IdentityPool, classify
 from identity_pool.registry import public_id
 from identity_pool.state import MemoryStore, StateStore, StoreError, open_store
+from identity_pool.state.shares import total as shared_count
 
-__all__ = ["CredentialError", "Identity", "IdentityPool", "MemoryStore", "SiteSession", "StateStore", "StoreError", "classify", "mask",
-           "new_session", "open_store", "parse_account", "proxy_host", "public_id", "secrets_of"]
+__all__ = ["CredentialError", "Identity", "IdentityPool", "Leases", "MemoryStore", "SiteSession", "StateStore",
+           "StoreError", "classify", "mask", "new_session", "open_store", "parse_account", "proxy_host", "public_id",
+           "secrets_of", "shared_count"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from errors import EmptyResponse, RateLimited, ServiceUnavailable, UpstreamAuthError, UpstreamError, UpstreamTimeout
 from identity_pool.accounts import Identity
+from identity_pool.state import shares
 
 
 class Failure(enum.Enum):
@@ -91,6 +92,8 @@ class Health:
     next_refresh: float = 0.0  # earliest next proactive renewal attempt
     #: Spent feature quotas (``t2i``, ``t2v``…) → when they return; the account still chats meanwhile.
     quota_until: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Each worker's part of ``in_flight`` (``state.shares``), so a dead worker's part can be taken back.
+    shares: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def load(value: Any) -> Health:
@@ -108,6 +111,25 @@ def dump(health: Health) -> dict[str, Any]:
     out = dict(health.__dict__)
     out["quota_until"] = dict(health.quota_until)
     return out
+
+
+def hold(health: Health, owner: str, delta: int) -> None:
+    """``owner`` starts (+1) or ends (-1) a turn on the account: ``in_flight`` is every owner's sum."""
+    record = shares.new(health.shares)
+    health.in_flight = shares.hold(record, owner, delta)
+    health.shares = _pack(record)
+
+
+def settle(health: Health, owner: str, how: str, now: float) -> int:
+    """Reap, restore or forget ``owner``'s turns in flight (see ``Leases``); returns how many moved."""
+    record = shares.new(health.shares)
+    moved = shares.settle(record, owner, how, now)
+    health.in_flight, health.shares = record["n"], _pack(record)
+    return moved
+
+
+def _pack(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in ("s", "r", "t") if record[k]}
 
 
 def health_key(identity: Identity) -> str:

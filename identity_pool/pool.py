@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from config import ConfigError
 from errors import ProxyError, RateLimited, ServiceUnavailable, UpstreamAuthError
 from identity_pool.accounts import Identity, mask
-from identity_pool.health import Failure, Health, PoolPolicy, classify, dump, health_key, load, token_key
+from identity_pool.health import Failure, Health, PoolPolicy, classify, dump, health_key, hold, load, settle, token_key
 from identity_pool.credentials import CredentialError, parse_account
 from identity_pool.registry import KEY as ACCOUNTS_KEY
 from identity_pool.registry import AccountRegistry, identity_from, public_id
@@ -55,8 +55,10 @@ class IdentityPool:
         clock: Callable[[], float] = time.time,
         state: StateStore | None = None,
         registry: AccountRegistry | None = None,
+        owner: str = "",
     ) -> None:
         self.identities = list(identities)
+        self.owner = owner  # this worker's id in the shared turn counts (``Leases``)
         self._configured = list(self.identities)  # from the files and environment; the registry adds to these
         self._registry = registry
         self._disabled: frozenset[str] = frozenset()
@@ -81,7 +83,7 @@ class IdentityPool:
 
     @classmethod
     def from_settings(cls, settings: Any, renewer: Renewer | None = None,
-                      state: StateStore | None = None) -> IdentityPool:
+                      state: StateStore | None = None, owner: str = "") -> IdentityPool:
         size = settings.UPSTREAM_POOL_SIZE
         identities = []
         for n, line in enumerate(settings.COOKIE, 1):
@@ -94,7 +96,8 @@ class IdentityPool:
             identity.label = f"account-{n}"
         store = TokenStore(settings.TOKEN_STORE_FILE) if settings.TOKEN_STORE_FILE else None
         registry = AccountRegistry(state, size) if state is not None else None
-        return cls(identities, renewer, PoolPolicy.from_settings(settings), store, state=state, registry=registry)
+        return cls(identities, renewer, PoolPolicy.from_settings(settings), store, state=state, registry=registry,
+                   owner=owner)
 
     @property
     def registry(self) -> AccountRegistry | None:
@@ -241,7 +244,7 @@ class IdentityPool:
             if health.state == "down":
                 health.trial, health.trial_until = True, now + self.policy.trial_timeout  # half-open
                 logger.info("%s: cool-down over, trying it again", identity.label)
-            health.in_flight += 1
+            hold(health, self.owner, 1)
             return dump(health)
 
         self._state.update(health_key(identity), claim)
@@ -301,7 +304,7 @@ class IdentityPool:
 
         def learn(value: Any) -> Any:
             health = load(value)
-            health.in_flight = max(0, health.in_flight - 1)
+            hold(health, self.owner, -1)
             was_trial, health.trial = health.trial, False
             before = health.state
             if error is None:
@@ -335,7 +338,7 @@ class IdentityPool:
 
         def spend(value: Any) -> Any:
             health = load(value)
-            health.in_flight = max(0, health.in_flight - 1)
+            hold(health, self.owner, -1)
             health.trial = False
             health.failed += 1
             health.last_error = f"{feature}_quota"
@@ -488,7 +491,7 @@ class IdentityPool:
         """Record a failure found outside a turn (an expired token the refresher could not renew)."""
         def count(value: Any) -> Any:
             health = load(value)
-            health.in_flight += 1
+            hold(health, self.owner, 1)
             return dump(health)
 
         self._state.update(health_key(identity), count)
@@ -510,6 +513,28 @@ class IdentityPool:
                 self.refresh_due()
             except Exception:  # the loop must outlive any one bad tick
                 logger.exception("token refresher tick failed")
+
+    def settle_shares(self, owner: str, how: str) -> int:
+        """``Leases``' ledger: reap, restore or forget ``owner``'s turns in flight on every account."""
+        moved = 0
+        now = self._clock()
+        for identity in list(self.identities):
+            counted: list[int] = []
+
+            def change(value: Any) -> Any:
+                if value is None:
+                    counted[:] = [0]
+                    return None
+                health = load(value)
+                counted[:] = [settle(health, owner, how, now)]
+                return dump(health)
+
+            self._state.update(health_key(identity), change)
+            moved += counted[0]
+        if moved:
+            with self._lock:
+                self._freed.notify_all()
+        return moved
 
     # -- visibility --------------------------------------------------------
 

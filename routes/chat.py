@@ -71,6 +71,7 @@ def health() -> Response:
         "models": gw.catalog.snapshot(),
         "requests": current_app.extensions["qwen2openai.admission"].snapshot(),
         "state": state,
+        "workers": current_app.extensions["qwen2openai.leases"].snapshot(),
         "worker": os.getpid(),  # which process answered: every worker gives the same counts
     })
 

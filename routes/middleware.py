@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from errors import RateLimited
+from identity_pool import shared_count
 from transform.anthropic_stream import error_body
 
 if TYPE_CHECKING:
@@ -20,14 +21,17 @@ class Admission:
     A request holds its place until its response body ends or is closed, so a
     stream counts for as long as it is open. Health checks and CORS preflights
     are never counted: a busy proxy still answers them. With ``shared`` (the
-    state store, ``GLOBAL_LIMITS``) the count is every worker's and host's.
+    state store, ``GLOBAL_LIMITS``) the count is every worker's and host's, each
+    worker's places kept as its ``owner`` share so that they go back if it dies
+    (``identity_pool.leases``).
     """
 
     EXEMPT_PATHS = frozenset({"/health"})
-    KEY = "admission:active"
+    KEY = "admission:shares"
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int, shared: StateStore | None = None) -> None:
-        self.app, self.limit, self.shared = app, limit, shared
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int, shared: StateStore | None = None,
+                 owner: str = "") -> None:
+        self.app, self.limit, self.shared, self.owner = app, limit, shared, owner
         self.active = 0
         self._lock = threading.Lock()
 
@@ -54,7 +58,7 @@ class Admission:
             admitted = self.active < self.limit
             if admitted:
                 self.active += 1
-        if admitted and self.shared is not None and self.shared.incr(self.KEY) > self.limit:
+        if admitted and self.shared is not None and self.shared.hold(self.KEY, self.owner, 1) > self.limit:
             self._leave()
             return False
         return admitted
@@ -63,7 +67,11 @@ class Admission:
         with self._lock:
             self.active -= 1
         if self.shared is not None:
-            self.shared.incr(self.KEY, -1)
+            self.shared.hold(self.KEY, self.owner, -1)
+
+    def settle(self, owner: str, how: str) -> int:
+        """``Leases``' ledger: reap, restore or forget ``owner``'s places in the shared count."""
+        return self.shared.settle(self.KEY, owner, how) if self.shared is not None else 0
 
     def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         error = RateLimited(
@@ -84,7 +92,7 @@ class Admission:
     def snapshot(self) -> dict[str, int]:
         if self.shared is None:
             return {"active": self.active, "limit": self.limit}
-        return {"active": max(0, int(self.shared.get(self.KEY) or 0)), "limit": self.limit, "scope": "global",
+        return {"active": shared_count(self.shared.get(self.KEY)), "limit": self.limit, "scope": "global",
                 "active_here": self.active}
 
 

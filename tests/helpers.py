@@ -76,6 +76,7 @@ class ProxyServer:
         self._server.server_close()
         self.app.extensions["qwen2openai"].conversations.close()
         self.app.extensions["qwen2openai"].pool.close()
+        self.app.extensions["qwen2openai.leases"].close()
 
     def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)
@@ -357,6 +358,20 @@ class Gunicorn:
 
     def health(self) -> dict:
         return requests.get(self.url + "/health", timeout=5).json()
+
+    def worker_pids(self) -> list[int]:
+        """The master's live children, its workers (from /proc)."""
+        assert self.process is not None
+        pid = self.process.pid
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def kill(self) -> None:
+        """``kill -9`` every process of this instance, workers first: nothing gets to clean up."""
+        assert self.process is not None
+        for pid in self.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 class RedisServer:

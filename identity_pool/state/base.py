@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from identity_pool.state import shares
+
 #: An update function: the stored value (``None`` when absent) → the value to store (``None`` deletes).
 Updater = Callable[[Any], Any]
 
@@ -56,6 +58,37 @@ class StateStore:
     def incr(self, key: str, delta: int = 1) -> int:
         raise NotImplementedError
 
+    def hold(self, key: str, owner: str, delta: int) -> int:
+        """Add ``delta`` places to ``owner``'s share of the count ``key`` (``shares``); returns the count.
+
+        One atomic step (stores override it to keep it one round trip): the
+        request path's only store call for a cap.
+        """
+        counted: list[int] = []
+
+        def change(value: Any) -> Any:
+            record = shares.new(value)
+            counted[:] = [shares.hold(record, owner, delta)]
+            return record if record["s"] or record["r"] else None
+
+        self.update(key, change)
+        return counted[0]
+
+    def settle(self, key: str, owner: str, how: str, now: float | None = None) -> int:
+        """``reap``, ``restore`` or ``forget`` ``owner``'s share of the count ``key``; returns the places moved."""
+        moved: list[int] = []
+
+        def change(value: Any) -> Any:
+            if value is None:
+                moved[:] = [0]
+                return None
+            record = shares.new(value)
+            moved[:] = [shares.settle(record, owner, how, time.time() if now is None else now)]
+            return record if record["s"] or record["r"] else None
+
+        self.update(key, change)
+        return moved[0]
+
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         """Take ``name`` for ``owner`` unless someone else holds it; it lapses after ``ttl`` s."""
         raise NotImplementedError
@@ -70,8 +103,12 @@ class StateStore:
     def unschedule(self, queue: str, member: str) -> None:
         raise NotImplementedError
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
-        """Remove and return members due by ``now``: each is handed to exactly one caller."""
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
+        """Remove and return members due by ``now``: each is handed to exactly one caller.
+
+        With ``requeue_at`` they stay, due again then, in the same atomic step: a
+        taker that dies before it is done leaves the job to the next one.
+        """
         raise NotImplementedError
 
     def take_oldest(self, queue: str, count: int) -> list[str]:

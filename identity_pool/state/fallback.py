@@ -108,6 +108,12 @@ class FallbackStore(StateStore):
     def incr(self, key: str, delta: int = 1) -> int:
         return self._use("incr", key, delta)
 
+    def hold(self, key: str, owner: str, delta: int) -> int:
+        return self._use("hold", key, owner, delta)
+
+    def settle(self, key: str, owner: str, how: str, now: float | None = None) -> int:
+        return self._use("settle", key, owner, how, now)
+
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         return self._use("try_lock", name, owner, ttl)
 
@@ -120,8 +126,8 @@ class FallbackStore(StateStore):
     def unschedule(self, queue: str, member: str) -> None:
         self._use("unschedule", queue, member)
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
-        return self._use("take_due", queue, now, limit)
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
+        return self._use("take_due", queue, now, limit, requeue_at)
 
     def take_oldest(self, queue: str, count: int) -> list[str]:
         return self._use("take_oldest", queue, count)

@@ -90,12 +90,14 @@ class MemoryStore(StateStore):
         with self._lock:
             self._queues.get(queue, {}).pop(member, None)
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
         with self._lock:
             members = self._queues.get(queue, {})
             due = sorted((at, m) for m, at in members.items() if at <= now)[:limit]
             for _, member in due:
                 del members[member]
+                if requeue_at is not None:
+                    members[member] = requeue_at
             return [m for _, m in due]
 
     def take_oldest(self, queue: str, count: int) -> list[str]:

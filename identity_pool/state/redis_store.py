@@ -20,8 +20,36 @@ from identity_pool.state.base import StateStore, StoreError, Updater, decode, en
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _TAKE_DUE = """
 local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #m > 0 then redis.call('ZREM', KEYS[1], unpack(m)) end
+if #m > 0 and ARGV[3] == '' then redis.call('ZREM', KEYS[1], unpack(m)) end
+if ARGV[3] ~= '' then for _, member in ipairs(m) do redis.call('ZADD', KEYS[1], ARGV[3], member) end end
 return m
+"""
+
+# ``shares.hold`` in one round trip (the request path's cap): the same arithmetic on the same JSON record.
+_HOLD = """
+local raw = redis.call('GET', KEYS[1])
+local ok, rec = false, nil
+if raw then ok, rec = pcall(cjson.decode, raw) end
+if not ok or type(rec) ~= 'table' then rec = {} end
+local s = type(rec.s) == 'table' and rec.s or {}
+local r = type(rec.r) == 'table' and rec.r or {}
+local t = type(rec.t) == 'table' and rec.t or {}
+local owner = ARGV[1]
+local held = (tonumber(s[owner]) or 0) + tonumber(ARGV[2])
+if held < 0 then
+  local parked = math.max(0, (tonumber(r[owner]) or 0) + held)
+  if parked > 0 then r[owner] = parked else r[owner] = nil; t[owner] = nil end
+  held = 0
+end
+if held > 0 then s[owner] = held else s[owner] = nil end
+local n = 0
+for _, v in pairs(s) do n = n + tonumber(v) end
+if next(s) == nil and next(r) == nil then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], cjson.encode({n = n, s = s, r = r, t = t}))
+end
+return n
 """
 
 
@@ -40,6 +68,7 @@ class RedisStore(StateStore):
         self._prefix = prefix
         self._unlock = self._r.register_script(_UNLOCK)
         self._take_due = self._r.register_script(_TAKE_DUE)
+        self._hold = self._r.register_script(_HOLD)
 
     def _k(self, key: str) -> str:
         return self._prefix + key
@@ -80,6 +109,9 @@ class RedisStore(StateStore):
     def incr(self, key: str, delta: int = 1) -> int:
         return int(self._call(self._r.incrby, self._k(key), delta))
 
+    def hold(self, key: str, owner: str, delta: int) -> int:
+        return int(self._call(self._hold, keys=[self._k(key)], args=[owner, int(delta)]))
+
     def try_lock(self, name: str, owner: str, ttl: float) -> bool:
         return bool(self._call(self._r.set, self._k("lock:" + name), owner, nx=True, px=max(1, int(ttl * 1000))))
 
@@ -95,8 +127,9 @@ class RedisStore(StateStore):
     def unschedule(self, queue: str, member: str) -> None:
         self._call(self._r.zrem, self._k(queue), member)
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
-        taken = self._call(self._take_due, keys=[self._k(queue)], args=[now, limit])
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
+        again = "" if requeue_at is None else repr(float(requeue_at))
+        taken = self._call(self._take_due, keys=[self._k(queue)], args=[now, limit, again])
         return [m.decode() if isinstance(m, bytes) else m for m in taken]
 
     def take_oldest(self, queue: str, count: int) -> list[str]:

@@ -127,19 +127,23 @@ class SqliteStore(StateStore):
         with self._tx() as db:
             db.execute("DELETE FROM sched WHERE q = ? AND m = ?", (queue, member))
 
-    def take_due(self, queue: str, now: float, limit: int = 100) -> list[str]:
+    def take_due(self, queue: str, now: float, limit: int = 100, requeue_at: float | None = None) -> list[str]:
         return self._take("SELECT m FROM sched WHERE q = ? AND at <= ? ORDER BY at LIMIT ?", (queue, now, limit),
-                          queue)
+                          queue, requeue_at)
 
     def take_oldest(self, queue: str, count: int) -> list[str]:
         if count <= 0:
             return []
         return self._take("SELECT m FROM sched WHERE q = ? ORDER BY at LIMIT ?", (queue, count), queue)
 
-    def _take(self, query: str, args: tuple[Any, ...], queue: str) -> list[str]:
+    def _take(self, query: str, args: tuple[Any, ...], queue: str, requeue_at: float | None = None) -> list[str]:
         with self._tx(write=True) as db:
             members = [m for (m,) in db.execute(query, args).fetchall()]
-            db.executemany("DELETE FROM sched WHERE q = ? AND m = ?", [(queue, m) for m in members])
+            if requeue_at is None:
+                db.executemany("DELETE FROM sched WHERE q = ? AND m = ?", [(queue, m) for m in members])
+            else:
+                db.executemany("UPDATE sched SET at = ? WHERE q = ? AND m = ?",
+                               [(requeue_at, queue, m) for m in members])
         return members
 
     def _purge(self) -> None:

@@ -89,6 +89,26 @@ def test_the_queue_hands_each_member_out_once(store):
     assert store.take_oldest("q", 5) == ["b"] and store.take_due("q", now=10) == []
 
 
+def test_a_member_taken_to_requeue_is_due_again_later(store):
+    store.schedule("lq", "a", 1.0)
+    store.schedule("lq", "b", 5.0)
+    assert store.take_due("lq", now=2.0, requeue_at=10.0) == ["a"]
+    assert store.take_due("lq", now=9.0) == ["b"], "a is not due before 10"
+    assert store.take_due("lq", now=10.0) == ["a"]
+
+
+def test_a_shared_count_keeps_each_owners_share(store):
+    take = [store.hold("c", "a", 1), store.hold("c", "a", 1), store.hold("c", "b", 1)]
+    assert take == [1, 2, 3]
+    assert store.settle("c", "a", "reap") == 2 and store.settle("c", "a", "reap") == 0, "reaped once"
+    assert store.get("c")["n"] == 1
+    assert store.hold("c", "a", -1) == 1, "a reaped place given back leaves the count alone"
+    assert store.hold("c", "a", 1) == 2
+    assert store.settle("c", "a", "restore") == 1 and store.get("c")["n"] == 3
+    assert [store.hold("c", "a", -1) for _ in range(3)] == [2, 1, 1], "never below what others hold"
+    assert store.settle("c", "b", "forget") == 1 and store.get("c") is None
+
+
 def _hammer(kind: str, where: str, rounds: int, results: multiprocessing.Queue) -> None:
     store = open_kind(kind, where)
     for _ in range(rounds):
