@@ -112,7 +112,10 @@ class SiteSession(requests.Session):
         verify = bundle or self.verify
         prepared = requests.PreparedRequest()
         prepared.method, prepared.url, prepared.body = method, url, body
-        prepared.headers = requests.structures.CaseInsensitiveDict(headers)
+        # The session's defaults under the caller's headers, as requests merges them (Accept-Encoding above all:
+        # without it http.client asks for "identity", which no browser does).
+        prepared.headers = requests.structures.CaseInsensitiveDict(self.headers)
+        prepared.headers.update(headers)
         if body is not None:
             prepared.headers["Content-Length"] = str(len(body))
         adapter = self.get_adapter(url)

@@ -85,6 +85,8 @@ def test_the_body_arrives_whole_with_its_length(host):
         assert resp.content == b"ok"
     path, headers = host.seen[-1]
     assert path == "/echo" and headers["Content-Length"] == str(len(body))
+    assert "gzip" in headers["Accept-Encoding"], "compression is asked for, as by requests and every browser"
+    assert headers["Content-Type"] == "application/json", "the caller's headers win over the session's"
 
 
 def test_a_redirect_is_handed_back_not_followed(host):
