@@ -3,6 +3,7 @@
     python -m bench.serve [--quick] [--levels 1,50,500] [--hold 500,1000,2000,3000] [--relay-events 50000]
                           [--workers 1] [--state sqlite|memory|redis]
     python -m bench.serve --scale [--levels 1,50,500]   # 1, 2 and 4 workers, SQLite and Redis, vs direct
+    python -m bench.serve ... --pin                      # the proxy on CPUs of its own (see below)
 
 Starts the emulator (``bench.emulator``) and ``gunicorn -c gunicorn.conf.py app:app`` on loopback,
 drives them from this process with gevent, and prints a table and one JSON line:
@@ -18,6 +19,12 @@ drives them from this process with gevent, and prints a table and one JSON line:
 
 Nothing here is a test: figures vary with the machine's load (±30 % on a shared 2-core box);
 compare medians of runs made one after another.
+
+By default the emulator, this process's clients and the proxy share every CPU, so at 500 streams the
+proxy's work is taken from the site's and the clients' (direct turns use the whole machine). In
+production the site and the clients are elsewhere. ``--pin`` models that: the emulator, Redis and the
+clients run on CPU 0 and the proxy's workers on the others, so direct and proxied turns see the same
+site and clients and the proxy has CPUs of its own.
 """
 
 from gevent import monkey
@@ -82,12 +89,19 @@ def _wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> Non
 class Services:
     """The emulator and gunicorn as child processes, stopped on exit."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, pin: bool = False) -> None:
         self.log_dir, self.processes = log_dir, []
+        #: With ``--pin``: CPU 0 for the site's side (emulator, Redis, clients), the rest for the proxy.
+        cpus = sorted(os.sched_getaffinity(0))
+        self.site_cpus, self.proxy_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
 
-    def start(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None,
+              cpus: set[int] | None = None) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("wb")
-        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        cpus = cpus or self.site_cpus
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, preexec_fn=pin)
         self.processes.append(process)
         _wait_port(port, process)
         return process
@@ -111,7 +125,7 @@ class Services:
                "PORT": str(port), "QWEN_BASE_URL": f"http://127.0.0.1:{upstream}", "MAX_CONCURRENT_REQUESTS": "5000",
                "WEB_CONCURRENCY": str(workers), **state}
         master = self.start(f"gunicorn-{port}", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-                            port, env)
+                            port, env, self.proxy_cpus)
         children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
         deadline = time.monotonic() + 30
         while not children.read_text().split() and time.monotonic() < deadline:
@@ -347,10 +361,11 @@ def report(figures: dict) -> None:
     print(json.dumps(figures, separators=(",", ":")))
 
 
-def scale(services: Services, emulator: int, levels: list[int], turns: dict[int, int], rounds: int) -> list[dict]:
+def scale(services: Services, emulator: int, levels: list[int], turns: dict[int, int], rounds: int,
+          states: tuple[str, ...] = ("sqlite", "redis")) -> list[dict]:
     """Latency and throughput of 1, 2 and 4 workers with SQLite and with Redis, each against direct."""
     redis_url, rows = services.redis(), []
-    for state in ("sqlite", "redis"):
+    for state in states:
         for workers in (1, 2, 4):
             port = _free_port()
             env = {"REDIS_URL": redis_url} if state == "redis" else None
@@ -379,6 +394,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating direct/proxy rounds per level")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (WEB_CONCURRENCY)")
     parser.add_argument("--scale", action="store_true", help="only latency, for 1, 2 and 4 workers × SQLite, Redis")
+    parser.add_argument("--scale-states", default="sqlite,redis", help="with --scale: the stores to run")
+    parser.add_argument("--pin", action="store_true", help="the proxy on CPUs of its own, the rest on CPU 0")
     parser.add_argument("--state", choices=("sqlite", "memory", "redis"), default="sqlite",
                         help="the shared state: the default SQLite file, per-process memory, or a redis-server")
     args = parser.parse_args()
@@ -391,13 +408,17 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it: each stream is 4 sockets here
 
     load_at_start = os.getloadavg()[0]  # other work on the machine shifts every figure: report it
-    services = Services(Path(tempfile.mkdtemp(prefix="qwen2openai-bench-")))
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs at least 2 CPUs")
+    services = Services(Path(tempfile.mkdtemp(prefix="qwen2openai-bench-")), pin=args.pin)
+    if args.pin:  # the clients are the site's side too
+        os.sched_setaffinity(0, services.site_cpus)
     try:
         emulator, proxy, replay, relay_proxy = (_free_port() for _ in range(4))
         services.emulator(emulator)
         if args.scale:
-            rows = scale(services, emulator, levels, turns, args.rounds)
-            print(json.dumps({"scale": rows, "load_average_at_start": load_at_start,
+            rows = scale(services, emulator, levels, turns, args.rounds, tuple(args.scale_states.split(",")))
+            print(json.dumps({"scale": rows, "pinned": args.pin, "load_average_at_start": load_at_start,
                               "load_average_at_end": os.getloadavg()[0]}, separators=(",", ":")))
             return
         state = None  # the default: a SQLite file
@@ -414,7 +435,7 @@ def main() -> None:
             "hold": hold(emulator, proxy, worker, hold_levels),
             "relay": relay(relay_proxy, relay_worker, args.relay_events, max(3, args.rounds)),
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()[0],
-            "workers": args.workers, "state": args.state,
+            "workers": args.workers, "state": args.state, "pinned": args.pin,
         }
     finally:
         services.stop()
