@@ -63,20 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["qwen2openai"] = Gateway(settings, pool, client, catalog, uploader, fetcher, chats, responses,
                                             usage=book, metrics=Metrics(pool, book), recent_errors=recent)
     install_redaction(settings)
-    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
-                              "request-id", "X-Qwen-Model"], max_age=600)
-    app.register_blueprint(chat_bp)
-    app.register_blueprint(images_videos_bp)
-    app.register_blueprint(responses_bp)
-    app.register_blueprint(messages_bp)
-    app.register_blueprint(metrics_bp)
-    app.register_blueprint(usage_api_bp)
-    if settings.ADMIN_KEY:  # unset: no admin API at all
-        app.register_blueprint(admin_api_bp)
-        app.register_blueprint(admin_page_bp)
-    app.register_error_handler(ProxyError, render_proxy_error)
-    app.register_error_handler(HTTPException, render_http_error)
-    app.register_error_handler(Exception, render_unexpected_error)
+    register_routes(app, settings)
     admission = Admission(app.wsgi_app, settings.MAX_CONCURRENT_REQUESTS, state if settings.GLOBAL_LIMITS else None,
                           owner=leases.worker_id)
     app.wsgi_app = admission  # type: ignore[method-assign]
@@ -91,6 +78,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     leases.start()  # the heartbeat; gunicorn.conf.py's worker_exit closes it (places back at once)
     app.extensions["qwen2openai.leases"] = leases
     return app
+
+
+def register_routes(app: Flask, settings: Settings) -> None:
+    """The HTTP face: CORS, every blueprint (the admin ones only with ``ADMIN_KEY``) and the error renderers."""
+    CORS(app, expose_headers=["Retry-After", "x-should-retry", "x-request-id", "X-Model-Fallback",
+                              "request-id", "X-Qwen-Model"], max_age=600)
+    for blueprint in (chat_bp, images_videos_bp, responses_bp, messages_bp, metrics_bp, usage_api_bp):
+        app.register_blueprint(blueprint)
+    if settings.ADMIN_KEY:  # unset: no admin API at all
+        app.register_blueprint(admin_api_bp)
+        app.register_blueprint(admin_page_bp)
+    app.register_error_handler(ProxyError, render_proxy_error)
+    app.register_error_handler(HTTPException, render_http_error)
+    app.register_error_handler(Exception, render_unexpected_error)
 
 
 # --------------------------------------------------------------------------- secrets in logs

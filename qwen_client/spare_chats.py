@@ -20,14 +20,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from errors import ProxyError
 
 if TYPE_CHECKING:
     from identity_pool import Identity
     from qwen_client.client import QwenClient
-    from qwen_client.conversations import ConversationStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +36,19 @@ SPARE_SECONDS = 600.0
 SpareKey = tuple[str, str, str]  # account, model, chat type
 
 
+class HeldChats(Protocol):
+    """The shared deletion queue a spare waits in (``ConversationStore``)."""
+
+    def hold(self, account: str, chat_id: str, ttl: float) -> None: ...
+
+    def take_held(self, chat_id: str) -> bool: ...
+
+
 class SpareChats:
     """At most one spare chat per (account, model, chat type), made after a new chat's turn is accepted."""
 
     def __init__(
-        self, client: QwenClient, store: ConversationStore, account_of: Callable[[Identity], str],
+        self, client: QwenClient, store: HeldChats, account_of: Callable[[Identity], str],
         ttl: float = SPARE_SECONDS, enabled: bool = True, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client, self.store, self._account_of = client, store, account_of
