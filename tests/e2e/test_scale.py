@@ -268,10 +268,12 @@ def test_global_limits_count_every_worker(cluster, fake):
                     MAX_CONCURRENT_REQUESTS=2, ACCOUNT_MAX_CONCURRENCY=1)
     held = []
     for n in range(2):  # two streams held open, each on its own connection (and likely its own worker)
-        resp = requests.post(hosts.url(n) + "/v1/chat/completions", headers=AUTH, stream=True, timeout=20,
-                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True})
-        assert next(resp.iter_content(chunk_size=None)).startswith(b"data: ")
-        held.append(resp)
+        session = requests.Session()  # kept open with its stream: a one-off requests.post hangs up within a second
+        resp = session.post(hosts.url(n) + "/v1/chat/completions", headers=AUTH, stream=True, timeout=20,
+                            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        chunks = resp.iter_content(chunk_size=None)
+        assert next(chunks).startswith(b"data: ")
+        held.append((session, chunks))
     try:
         assert fake.wait_stalled(timeout=5, count=2)
         owners = answered(fake)
@@ -285,5 +287,6 @@ def test_global_limits_count_every_worker(cluster, fake):
     finally:
         fake.configure(stall_after_events=None)
         fake.release_stalls()
-        for resp in held:
-            resp.close()
+    for session, chunks in held:
+        assert b"".join(chunks).endswith(b"data: [DONE]\n\n"), "held to the end"
+        session.close()
