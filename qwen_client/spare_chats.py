@@ -99,14 +99,19 @@ class SpareChats:
             logger.exception("making a spare chat failed")
         with self._lock:
             self._making.discard(key)
-            if made is not None and not self._closed:  # after close() the sweep deletes it, as it is held
+            if made is not None:
                 self._spares[key] = (made, self._clock())
             self._lock.notify_all()
 
-    def close(self) -> list[tuple[str, str]]:
-        """Stop making spares; the (account, chat id) of those left, for the caller to delete now."""
+    def close(self, wait: float = 5.0) -> list[tuple[str, str]]:
+        """Stop making spares; the (account, chat id) of those left, for the caller to delete now.
+
+        Spares still being made are waited for (``wait`` seconds at most), so none
+        reaches the site after its app is gone; one later still is left to the sweep.
+        """
         with self._lock:
             self._closed = True
+            self._lock.wait_for(lambda: not self._making, wait)
             left, self._spares = self._spares, {}
         return [(key[0], chat_id) for key, (chat_id, _) in left.items()]
 

@@ -218,7 +218,8 @@ def test_without_continuation_each_chat_is_deleted_after_use(make_proxy, fake, f
     proxy = make_proxy(CONTINUE_CHATS=False)
     proxy.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     wait_janitor(proxy)
-    assert set(fake.chats) - spare_chats(proxy) == {mine}
+    spares = spare_chats(proxy)  # first: it waits for a spare still being made
+    assert set(fake.chats) - spares == {mine}
     [deleted] = fake.requests_to(f"/api/v2/chats/{turns(fake)[0][0]}", method="DELETE")
 
 
@@ -230,7 +231,8 @@ def test_forgotten_conversations_lose_their_chat_and_only_it(make_proxy, fake, f
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "second"}])
     wait_janitor(proxy)
     first, second = [chat for chat, _, _ in turns(fake)]
-    assert set(fake.chats) - spare_chats(proxy) == {mine, second}
+    spares = spare_chats(proxy)  # first: it waits for a spare still being made
+    assert set(fake.chats) - spares == {mine, second}
     assert not fake.requests_to(f"/api/v2/chats/{mine}", method="DELETE")
 
 
@@ -240,7 +242,8 @@ def test_failed_turns_leave_no_chat_behind(make_proxy, fake):
     with pytest.raises(openai.APIError):
         proxy.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     wait_janitor(proxy)
-    assert set(fake.chats) == spare_chats(proxy), "only the spare made ahead of the next conversation"
+    spares = spare_chats(proxy)  # first: it waits for a spare still being made
+    assert set(fake.chats) == spares, "only the spare made ahead of the next conversation"
 
 
 def test_delete_chats_off_keeps_everything(make_proxy, fake):
@@ -334,7 +337,8 @@ def test_an_idle_conversation_is_deleted_on_a_timer_without_further_traffic(make
     deleted = fake.wait_request(f"/api/v2/chats/{chat_id}", method="DELETE", timeout=8)
     assert deleted is not None, "no request came, yet the idle chat must be swept"
     assert proxy.app.extensions["qwen2openai"].conversations.janitor.wait_idle(5)
-    assert set(fake.chats) - spare_chats(proxy) == {mine}
+    spares = spare_chats(proxy)  # first: it waits for a spare still being made
+    assert set(fake.chats) - spares == {mine}
     assert len(fake.requests_to("/v1/chat/completions")) == 0 and len(fake.requests_to(COMPLETIONS)) == 1
 
 
