@@ -217,8 +217,23 @@ def main() -> int:
     try:
         server.serve_forever()  # until Ctrl-C
     finally:
-        application.extensions["qwen2openai.leases"].close()  # its places in shared counts go back now
+        close_app(application)
     return 0
+
+
+def close_app(application: Flask) -> None:
+    """What a stopping process owes the others (``main``, and gunicorn's ``worker_exit``).
+
+    Its places in the shared counts go back now rather than when its lease lapses,
+    and its spare chats and the chat deletions still queued go to the site now
+    rather than waiting for another worker's sweep.
+    """
+    leases = application.extensions.get("qwen2openai.leases")
+    if leases is not None:
+        leases.close()
+    gateway = application.extensions.get("qwen2openai")
+    if gateway is not None:
+        gateway.conversations.close()
 
 
 def listen(host: str, port: int) -> socket.socket:

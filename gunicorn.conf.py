@@ -73,11 +73,13 @@ def on_starting(server):  # noqa: ARG001 (gunicorn's hook signature)
 
 
 def worker_exit(server, worker):  # noqa: ARG001
-    # In the worker, as it exits (graceful stop, quick stop, restart): its places in the shared counts go back
-    # now rather than when its lease lapses.
-    leases = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("qwen2openai.leases")
-    if leases is not None:
-        leases.close()
+    # In the worker, as it exits (graceful stop, quick stop, restart): its places in the shared counts go back,
+    # and its spare chats and queued chat deletions go to the site, now (app.close_app).
+    application = getattr(worker, "wsgi", None)
+    if hasattr(application, "extensions"):  # built: the app factory ran in this worker
+        from app import close_app
+
+        close_app(application)
 
 
 def child_exit(server, worker):  # noqa: ARG001

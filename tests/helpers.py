@@ -33,7 +33,7 @@ from openai import OpenAI
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from app import create_app
+from app import close_app, create_app
 from config import load_settings
 from qwen_client.wire import SSEDecoder
 from tests.fake_qwen import make_jwt
@@ -74,9 +74,8 @@ class ProxyServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self.app.extensions["qwen2openai"].conversations.close()
+        close_app(self.app)  # as a stopping worker does
         self.app.extensions["qwen2openai"].pool.close()
-        self.app.extensions["qwen2openai.leases"].close()
 
     def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=20, **kwargs)

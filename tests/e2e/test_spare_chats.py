@@ -8,10 +8,12 @@ spare the site lost is replaced without the client noticing.
 
 from __future__ import annotations
 
+import time
+
 import requests
 
 from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY, ProxyServer, chats_used, spare_chats
+from tests.helpers import API_KEY, Gunicorn, ProxyServer, chats_used, spare_chats
 
 CHATS_NEW, COMPLETIONS = "/api/v2/chats/new", "/api/v2/chat/completions"
 MODEL = "qwen3.7-plus"
@@ -88,3 +90,22 @@ def test_no_spares_on_a_caller_s_own_account(make_proxy, fake):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"conversation {n}"}])
     assert spare_chats(server) == set(), "a caller's own account is not ours to keep chats on"
     assert len(fake.requests_to(CHATS_NEW)) == 2 and len(chats_used(fake)) == 2
+
+
+def test_a_gunicorn_worker_that_stops_deletes_its_spares(fake, fake_server, tmp_path):
+    server = Gunicorn(fake_server.base_url, tmp_path, 1, AUTO_REFRESH_TOKEN="false").start()
+    try:
+        reply = requests.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                              json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, timeout=20)
+        assert reply.status_code == 200
+        assert fake.wait_request(CHATS_NEW, timeout=5)
+        deadline = time.monotonic() + 10
+        while len(fake.requests_to(CHATS_NEW)) < 2 and time.monotonic() < deadline:  # the spare, made after
+            time.sleep(0.05)
+        assert len(fake.requests_to(CHATS_NEW)) == 2
+    finally:
+        server.stop()  # SIGINT: gunicorn's quick stop, which still runs worker_exit
+    deleted = [r.path.rsplit("/", 1)[1] for r in fake.requests if r.method == "DELETE"]
+    assert len(deleted) == 1, "the stopped worker deleted its spare"
+    assert set(fake.chats) == set(chats_used(fake)) and deleted[0] not in chats_used(fake), \
+        "the conversation's chat stays: it is in the shared state, continuable after a restart"
