@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -11,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fake_qwen import FakeQwen, FakeQwenServer
-from tests.helpers import API_KEY, ProxyServer
+from tests.helpers import API_KEY, ProxyServer, RedisServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,6 +22,24 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         os.environ.pop(name, None)
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+@pytest.fixture(scope="module")
+def tmp() -> Iterator[Path]:
+    """A directory for one test module's files (gunicorn logs, SQLite state, redis-server's dir)."""
+    path = Path(tempfile.mkdtemp(prefix="qwen2openai-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port, one per test module."""
+    if not shutil.which("redis-server") and not Path("/usr/bin/redis-server").exists():
+        pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+    server = RedisServer(tmp).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import oss2
 import requests
 from hypothesis import strategies as st
@@ -95,6 +96,48 @@ def spare_chats(server: ProxyServer) -> set[str]:
     spares = server.app.extensions["qwen2openai"].conversations.spares
     assert spares.wait_idle(5), "spare chats are made within seconds"
     return spares.chat_ids()
+
+
+# ------------------------------------------------------------ what several test modules share
+
+# fault → (SDK exception, HTTP status, error code, words the message must contain)
+PRE_STREAM = {
+    "http_401": (openai.InternalServerError, 502, "upstream_unauthorized", "token"),
+    "http_403": (openai.InternalServerError, 502, "upstream_http_403", "403"),
+    "http_404": (openai.InternalServerError, 502, "upstream_http_404", "404"),
+    "http_429": (openai.RateLimitError, 429, "rate_limit_exceeded", "rate-limiting"),
+    "http_500": (openai.InternalServerError, 502, "upstream_http_500", "500"),
+    "http_502": (openai.InternalServerError, 502, "upstream_http_502", "502"),
+    "http_503": (openai.InternalServerError, 503, "service_unavailable", "unavailable"),
+    "http_504": (openai.InternalServerError, 504, "upstream_timeout", "timed out"),
+    "bad_request": (openai.InternalServerError, 502, "upstream_bad_request", "Internal error"),
+    "rate_limited": (openai.RateLimitError, 429, "upstream_rate_limited", "hour"),
+    "unauthorized": (openai.InternalServerError, 502, "upstream_unauthorized", "fresh cookie"),
+    "chat_not_found": (openai.InternalServerError, 502, "upstream_not_found", "CHAT_NOT_FOUND"),
+    "parallel_limited": (openai.RateLimitError, 429, "upstream_rate_limited", "ParallelLimited"),
+    "envelope_top_level": (openai.InternalServerError, 502, "upstream_bad_request", "Bad_Request"),
+    "stream_error_string": (openai.InternalServerError, 502, "upstream_error", "Internal error!"),
+    "stream_error_code": (openai.BadRequestError, 400, "upstream_invalid_input", "invalid_input"),
+    "stream_quota_limit": (openai.RateLimitError, 429, "upstream_rate_limited", "quota_limit"),
+    "stream_data_inspection": (openai.BadRequestError, 400, "content_policy_violation", "moderation"),
+    "stream_success_false": (openai.RateLimitError, 429, "upstream_rate_limited", "RateLimited"),
+    "stream_delta_error": (openai.InternalServerError, 502, None, "refused"),
+    "empty_stream": (openai.InternalServerError, 502, "upstream_empty_response", "no answer"),
+    "created_only": (openai.InternalServerError, 502, "upstream_empty_response", "no answer"),
+    "x5sec": (openai.RateLimitError, 429, "upstream_challenge", "challenged"),
+    "x5sec_in_stream": (openai.RateLimitError, 429, "upstream_challenge", "challenged"),
+    "waf_html": (openai.RateLimitError, 429, "upstream_challenge", "WAF"),
+    "waf_html_403": (openai.RateLimitError, 429, "upstream_challenge", "WAF"),
+    "waf_in_stream": (openai.RateLimitError, 429, "upstream_challenge", "challenged"),
+    "gateway_html_405": (openai.InternalServerError, 502, "upstream_http_405", "405"),
+    "non_json_200": (openai.InternalServerError, 502, "upstream_error", "instead of an API response"),
+}
+
+
+def cookie(user: str, *, ttl: int = 30 * 86400, refresh: str | None = None) -> str:
+    """An account line's browser cookie for ``user``: its token, a WAF cookie, and a refresh token if given."""
+    parts = [f"token={make_jwt(user, ttl=ttl)}", "ssxmod_itna=fake-itna"]
+    return "; ".join(parts + ([f"refresh_token={refresh}"] if refresh else []))
 
 
 # ------------------------------------------------------------ the emulator, spoken to directly

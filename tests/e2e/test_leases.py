@@ -26,9 +26,10 @@ import requests
 from identity_pool import Leases
 from identity_pool.state.redis_store import RedisStore
 from identity_pool.state.sqlite import SqliteStore
-from tests.e2e.test_scale import AUTH, MODEL, cookie, redis_server, tmp  # noqa: F401 (fixtures)
-from tests.helpers import Gunicorn
+from tests.helpers import API_KEY, Gunicorn, cookie
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MODEL = "qwen3.7-plus"
 LEASE = 5.0  # seconds; a beat every LEASE / 6: a live worker must miss five in a row to be reaped
 BEAT = LEASE / 6
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -44,7 +45,7 @@ def stalled(fake) -> Iterator[None]:
 
 
 @pytest.fixture
-def start(fake_server, tmp: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]]:  # noqa: F811
+def start(fake_server, tmp: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Gunicorn]]:
     """Start instances of the production command sharing one fresh state file (or one Redis database)."""
     case, started = Path(tempfile.mkdtemp(dir=tmp)), []
     account = cookie("user-0")  # one account for every instance (a new cookie would be another account)
@@ -184,7 +185,7 @@ def test_a_paused_worker_is_reaped_then_counts_its_places_again(start, fake, sta
 # ----------------------------------------------------------------- two hosts, one redis-server
 
 
-def test_a_killed_host_gives_its_places_back(start, fake, stalled, redis_server):  # noqa: F811
+def test_a_killed_host_gives_its_places_back(start, fake, stalled, redis_server):
     redis_client.Redis.from_url(redis_server.url).flushdb()
     settings = {"REDIS_URL": redis_server.url, "ACCOUNT_MAX_CONCURRENCY": 3, "ACCOUNT_QUEUE_TIMEOUT": 1}
     doomed, survivor = start(1, **settings), start(1, **settings)
@@ -204,7 +205,7 @@ def test_a_killed_host_gives_its_places_back(start, fake, stalled, redis_server)
     wait_for(survivor, (0, 0), within=10)
 
 
-def test_a_paused_host_is_reaped_then_counts_its_places_again(start, fake, stalled, redis_server):  # noqa: F811
+def test_a_paused_host_is_reaped_then_counts_its_places_again(start, fake, stalled, redis_server):
     redis_client.Redis.from_url(redis_server.url).flushdb()
     settings = {"REDIS_URL": redis_server.url, "MAX_CONCURRENT_REQUESTS": 3}
     paused, running = start(1, **settings), start(1, **settings)
@@ -228,7 +229,7 @@ def test_a_paused_host_is_reaped_then_counts_its_places_again(start, fake, stall
     wait_for(running, (0, 0), within=10)
 
 
-def test_a_clean_stop_gives_places_back_at_once(start, fake, stalled, redis_server):  # noqa: F811
+def test_a_clean_stop_gives_places_back_at_once(start, fake, stalled, redis_server):
     redis_client.Redis.from_url(redis_server.url).flushdb()
     settings = {"REDIS_URL": redis_server.url, "WORKER_LEASE_SECONDS": 300}  # far longer than the test
     leaving, staying = start(1, **settings), start(1, **settings)
@@ -264,7 +265,7 @@ def _survivor(kind: str, where: str, gate, results) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_survivors_racing_for_one_dead_lease_subtract_it_once(kind, tmp, request):  # noqa: F811
+def test_survivors_racing_for_one_dead_lease_subtract_it_once(kind, tmp, request):
     where = str(tmp / f"race-{time.monotonic_ns()}.sqlite3") if kind == "sqlite" \
         else request.getfixturevalue("redis_server").url
     store = SqliteStore(where) if kind == "sqlite" else RedisStore(where)
@@ -287,7 +288,7 @@ def test_survivors_racing_for_one_dead_lease_subtract_it_once(kind, tmp, request
     store.close()
 
 
-def test_a_reaper_that_dies_half_way_leaves_the_job_to_the_next(tmp):  # noqa: F811
+def test_a_reaper_that_dies_half_way_leaves_the_job_to_the_next(tmp):
     path = str(tmp / f"half-{time.monotonic_ns()}.sqlite3")
     store = SqliteStore(path)
     store.hold("count", "dead", 2)

@@ -372,7 +372,7 @@ def test_count_tokens_is_an_estimate_of_the_prompt_sent(claude, fake):
 # ------------------------------------------------------------------ errors
 
 
-from tests.e2e.test_failures import PRE_STREAM  # noqa: E402  (one table of faults and statuses)
+from tests.helpers import PRE_STREAM  # noqa: E402  (one table of faults and statuses)
 
 #: status → (SDK class, Messages error type)
 BY_STATUS = {

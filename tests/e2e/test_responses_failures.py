@@ -9,7 +9,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 
-from tests.e2e.test_failures import PRE_STREAM
+from tests.helpers import PRE_STREAM
 from tests.helpers import API_KEY, RESPONSES_BODY
 
 MODEL = "qwen3.7-plus"

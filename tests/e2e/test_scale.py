@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import tempfile
 import threading
 import time
@@ -24,33 +23,12 @@ import requests
 from app import create_app
 from config import ConfigError, load_settings
 from identity_pool.accounts import Identity, jwt_claims
-from tests.fake_qwen import make_jwt
-from tests.helpers import API_KEY, PNG, Gunicorn, RedisServer, chats_used, free_port
+from tests.helpers import API_KEY, PNG, Gunicorn, RedisServer, chats_used, cookie, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "qwen3.7-plus"
 SHAPES = ["sqlite-4-workers", "redis-2-hosts"]
 
-
-def cookie(user: str, *, ttl: int = 30 * 86400, refresh: str | None = None) -> str:
-    parts = [f"token={make_jwt(user, ttl=ttl)}", "ssxmod_itna=fake-itna"]
-    return "; ".join(parts + ([f"refresh_token={refresh}"] if refresh else []))
-
-
-@pytest.fixture(scope="module")
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qwen2openai-scale-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp: Path) -> Iterator[RedisServer]:
-    if not shutil.which("redis-server") and not Path("/usr/bin/redis-server").exists():
-        pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
-    server = RedisServer(tmp).start()
-    yield server
-    server.stop()
 
 
 class Hosts:

@@ -7,8 +7,6 @@ nothing, a queued member goes to exactly one taker, and a lock lapses when its h
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,21 +17,11 @@ import pytest
 from identity_pool import MemoryStore, StateStore
 from identity_pool.state.redis_store import RedisStore
 from identity_pool.state.sqlite import SqliteStore
-from tests.helpers import RedisServer
 
 
 @pytest.fixture(scope="module")
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qwen2openai-state-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp: Path) -> Iterator[str]:
-    server = RedisServer(tmp).start()
-    yield server.url
-    server.stop()
+def redis_url(redis_server) -> str:
+    return redis_server.url
 
 
 def open_kind(kind: str, where: str) -> StateStore:
