@@ -25,7 +25,6 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
     NewConnectionError,
-    ProtocolError,
     ProxyError,
     ReadTimeoutError,
     SSLError,
@@ -116,6 +115,8 @@ class SiteSession(requests.Session):
         # without it http.client asks for "identity", which no browser does).
         prepared.headers = requests.structures.CaseInsensitiveDict(self.headers)
         prepared.headers.update(headers)
+        if "Cookie" not in prepared.headers and (jar := self.jar_header(url)):
+            prepared.headers["Cookie"] = jar  # a caller without an account (the model list): the jar, as requests
         if body is not None:
             prepared.headers["Content-Length"] = str(len(body))
         adapter = self.get_adapter(url)
@@ -138,7 +139,7 @@ class SiteSession(requests.Session):
         return response
 
 
-def as_requests_error(exc: BaseException, request: requests.PreparedRequest) -> requests.RequestException:
+def as_requests_error(exc: HTTPError | OSError, request: requests.PreparedRequest) -> requests.RequestException:
     """The ``requests`` exception ``HTTPAdapter.send`` raises for a urllib3 failure, so one mapping serves both paths."""
     if isinstance(exc, ProxyError):
         return requests.exceptions.ProxyError(exc, request=request)
@@ -148,9 +149,7 @@ def as_requests_error(exc: BaseException, request: requests.PreparedRequest) -> 
         return requests.exceptions.SSLError(exc, request=request)
     if isinstance(exc, ReadTimeoutError):
         return requests.ReadTimeout(exc, request=request)
-    if isinstance(exc, (ProtocolError, OSError, HTTPError)):
-        return requests.ConnectionError(exc, request=request)
-    return requests.RequestException(exc, request=request)
+    return requests.ConnectionError(exc, request=request)  # refused, reset, closed pool, protocol errors
 
 
 def new_session(pool_size: int, proxy: str = "") -> SiteSession:

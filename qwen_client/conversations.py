@@ -165,7 +165,12 @@ class ConversationStore:
     def take_held(self, chat_id: str) -> bool:
         """Take a held chat out of the deletion queue for a turn; ``False`` if a sweep has it already."""
         taken: list[object] = []
-        self.state.update("chat:" + chat_id, lambda account: taken.append(account))  # → None: deleted
+
+        def claim(account: object) -> None:
+            taken.append(account)
+            return None  # the key is deleted: the chat is this turn's now, no sweep's
+
+        self.state.update("chat:" + chat_id, claim)
         self.state.unschedule(self.QUEUE, chat_id)
         return bool(taken) and isinstance(taken[-1], str)  # the last try counts (Redis may retry)
 

@@ -130,3 +130,13 @@ def test_a_site_silent_mid_body_is_requests_connection_error(host):
     with pytest.raises(requests.ConnectionError):  # a read that times out mid-body, as requests reports it
         b"".join(resp.iter_content(chunk_size=None))
     resp.close()
+
+
+def test_without_a_cookie_header_the_jar_s_cookies_go(host):
+    """A caller with no account (the model list) still returns the cookies the site set, as requests did."""
+    session = new_session(2)
+    host.serve("/set", b"{}", content_type="application/json", headers={"Set-Cookie": "acw_tc=kept; Path=/"})
+    session.send_bytes("GET", host.url + "/set", {}, None, TIMEOUT).close()
+    session.send_bytes("GET", host.url + "/set", {}, None, TIMEOUT).close()
+    session.send_bytes("GET", host.url + "/set", {"Cookie": "token=mine"}, None, TIMEOUT).close()
+    assert [headers.get("Cookie") for _, headers in host.seen] == [None, "acw_tc=kept", "token=mine"]
